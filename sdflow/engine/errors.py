@@ -1,0 +1,55 @@
+"""Errors a user reads: each names the workflow file, the node and the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a workflow, located as precisely as the parser allows."""
+
+    file: str
+    node: str | None
+    field: str | None
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        parts = [where]
+        if self.node is not None:
+            parts.append(f"node '{self.node}'")
+        if self.field is not None:
+            parts.append(f"field '{self.field}'")
+        return ", ".join(parts) + f": {self.message}"
+
+
+class WorkflowError(Exception):
+    """Base of every error sdflow reports about a workflow (exit non-zero, nothing written)."""
+
+
+class ValidationError(WorkflowError):
+    """All problems found before anything ran, reported at once."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        count = len(self.problems)
+        header = f"workflow is invalid ({count} problem{'s' if count != 1 else ''}):"
+        super().__init__("\n".join([header] + [f"  - {p}" for p in self.problems]))
+
+
+class NodeRunError(WorkflowError):
+    """A node failed while running; the original exception is chained as the cause."""
+
+    def __init__(self, file: str, node: str, node_type: str, cause: BaseException):
+        self.node = node
+        super().__init__(f"{file}, node '{node}' ({node_type}) failed: {type(cause).__name__}: {cause}")
+
+
+class ModelSourceError(WorkflowError):
+    """A model source that cannot be loaded: missing folder, unreachable hub id, refused pickle."""
+
+    def __init__(self, file: str, node: str, field: str, message: str):
+        self.problem = Problem(file, node, field, message)
+        super().__init__(str(self.problem))

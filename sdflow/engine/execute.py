@@ -1,0 +1,75 @@
+"""Run a validated plan: each node once, in order, outputs passed by reference."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm.auto import tqdm
+
+from .cache import ComponentCache
+from .errors import NodeRunError, WorkflowError
+from .validate import Plan
+
+log = logging.getLogger("sdflow.run")
+
+
+@dataclass
+class RunContext:
+    """What a running node may use besides its fields: device, cache, output folder, run record.
+
+    ``record`` collects what makes the run reproducible (model sources, seeds, versions); nodes add to
+    it and the save node writes it into each image.
+    """
+
+    cache: ComponentCache
+    device: str = "cpu"
+    dtype: str = "float32"
+    output_dir: Path | None = None
+    progress: bool = True
+    record: dict[str, Any] = field(default_factory=dict)
+    node_id: str = ""
+    used_outputs: set[str] = field(default_factory=set)
+    workflow_file: str = ""
+
+    def needs(self, output: str) -> bool:
+        """Whether another node reads this node's ``output`` (so it may skip making unused ones)."""
+        return output in self.used_outputs
+
+    def steps(self, iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:
+        """Wrap a loop in a progress bar named after the node."""
+        return tqdm(iterable, total=total, desc=desc or self.node_id, disable=not self.progress, leave=False)
+
+
+def execute(plan: Plan, ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """Run every node of ``plan``; returns each node's outputs keyed by node id."""
+    results: dict[str, dict[str, Any]] = {}
+    timings: dict[str, float] = {}
+    for node_id in plan.order:
+        planned = plan.nodes[node_id]
+        kwargs = dict(planned.params)
+        for name, ref in planned.inputs.items():
+            kwargs[name] = results[ref.node][ref.output]
+        for name in planned.spec.inputs:
+            kwargs.setdefault(name, None)  # an optional input left unwired
+        ctx.node_id = node_id
+        ctx.used_outputs = plan.consumers(node_id)
+        start = time.perf_counter()
+        try:
+            outputs = planned.spec.fn(ctx, **kwargs)
+        except WorkflowError:
+            raise
+        except Exception as exc:
+            raise NodeRunError(plan.workflow.path, node_id, planned.spec.name, exc) from exc
+        timings[node_id] = time.perf_counter() - start
+        missing = set(planned.spec.outputs) - set(outputs or {})
+        if missing:
+            raise NodeRunError(plan.workflow.path, node_id, planned.spec.name,
+                               RuntimeError(f"node returned no value for outputs {sorted(missing)}"))
+        results[node_id] = outputs
+        log.debug("node %s (%s) took %.3fs", node_id, planned.spec.name, timings[node_id])
+    ctx.record.setdefault("timings_s", {}).update({k: round(v, 4) for k, v in timings.items()})
+    return results

@@ -1,0 +1,44 @@
+"""init_latents: the starting noise of text2img, one seed (and generator) per image."""
+
+from __future__ import annotations
+
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..engine import Input, Param, RunContext, node
+from .types import LATENTS, VAE, Latents, generators_for, seeds_list
+from .vae_facts import latent_channels, vae_scale_factor
+
+
+def check_init_latents(params, inputs_meta, ctx):
+    vae = inputs_meta.get("vae") or {}
+    if not vae:
+        return {"latents": {"kind": "noise"}}
+    factor = vae_scale_factor(vae)
+    for name in ("width", "height"):
+        if params[name] % factor:
+            ctx.problem(name, f"must be a multiple of {factor} (this VAE's downscale factor), given {params[name]}")
+    return {"latents": {"kind": "noise", "channels": latent_channels(vae), "scaling_factor": vae.get("scaling_factor"),
+                        "from": ctx.source_of("vae")}}
+
+
+@node(
+    "init_latents",
+    "Draw Gaussian starting latents for text2img: width x height pixels, one image per seed.",
+    inputs={"vae": Input(VAE, "sets the latent channels and the pixel-to-latent downscale")},
+    outputs={"latents": LATENTS},
+    params={
+        "width": Param(int, 512, min=8, max=8192),
+        "height": Param(int, 512, min=8, max=8192),
+        "seed": Param("seeds", doc="one seed, or a list of seeds (one image each)"),
+        "batch_size": Param(int, 1, min=1, max=256, doc="images when seed is a single int: seed, seed+1, ..."),
+    },
+    check=check_init_latents,
+)
+def init_latents(ctx: RunContext, vae, width: int, height: int, seed, batch_size: int):
+    seeds = seeds_list(seed, batch_size)
+    generators = generators_for(seeds, "cpu")  # CPU generators: the same image on every device
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    shape = (len(seeds), vae.config.latent_channels, height // factor, width // factor)
+    samples = randn_tensor(shape, generator=generators, device=ctx.device, dtype=vae.dtype)
+    ctx.record.setdefault("seeds", {})[ctx.node_id] = seeds
+    return {"latents": Latents(samples, seeds, generators, "noise", vae.config.scaling_factor)}

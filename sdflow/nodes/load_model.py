@@ -1,0 +1,145 @@
+"""load_model: a model's components (UNet, VAE, text encoder, ...) through the component cache."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from ..engine import ModelSourceError, Param, RunContext, node
+from ..models.sources import ModelSource, SourceError, resolve_source
+from .types import SAFETY_CHECKER, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE, SafetyChecker
+
+# model_index.json names classes; only these may be loaded, so a model folder cannot make sdflow
+# import an arbitrary object.
+ALLOWED_CLASSES = {
+    "diffusers": {"UNet2DConditionModel", "AutoencoderKL", "StableDiffusionSafetyChecker"},
+    "transformers": {"CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "CLIPTokenizerFast",
+                     "CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPFeatureExtractor"},
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODULE_COMPONENTS = ("unet", "vae", "text_encoder")  # moved to device/dtype; the rest are CPU objects
+
+
+def _component_class(source: ModelSource, component: str, index: dict):
+    entry = index.get(component)
+    if not entry or entry[0] is None:
+        return None
+    library, class_name = entry
+    if component == "safety_checker":  # diffusers records it as ["stable_diffusion", ...]
+        library = "diffusers"
+    if class_name.endswith("Scheduler"):
+        module = importlib.import_module("diffusers")
+        cls = getattr(module, class_name, None)
+        if cls is None or "SchedulerMixin" not in [c.__name__ for c in cls.__mro__]:
+            raise ModelSourceError("", "", "source", f"{source.spec}: unknown scheduler class {class_name}")
+        return cls
+    if class_name not in ALLOWED_CLASSES.get(library, set()):
+        raise ModelSourceError("", "", "source", f"{source.spec}: component '{component}' has class "
+                               f"{library}.{class_name}, which sdflow does not load")
+    if library == "diffusers" and class_name == "StableDiffusionSafetyChecker":
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+        return StableDiffusionSafetyChecker
+    return getattr(importlib.import_module(library), class_name)
+
+
+def _index(source: ModelSource) -> dict:
+    index = source.model_index()
+    if index is None:
+        from huggingface_hub import hf_hub_download
+
+        import json
+
+        with open(hf_hub_download(source.hub_id, "model_index.json")) as f:
+            index = json.load(f)
+    return index
+
+
+def load_component(ctx: RunContext, source: ModelSource, component: str, allow_pickle: bool = False):
+    """Load one component through the process cache, keyed by (source, component, dtype, device)."""
+    index = _index(source)
+    cls = _component_class(source, component, index)
+    if cls is None:
+        return None
+    is_module = component in MODULE_COMPONENTS or component == "safety_checker"
+    key = (source.location, component, ctx.dtype if is_module else "-", ctx.device if is_module else "-")
+
+    def load():
+        kwargs = {"subfolder": component}
+        if hasattr(cls, "set_timesteps"):
+            return cls.from_pretrained(source.location, **kwargs)
+        if is_module:
+            kwargs["torch_dtype"] = DTYPES[ctx.dtype]
+            # Safetensors only, unless the user opts in: a pickle checkpoint can run code when loaded.
+            kwargs["use_safetensors"] = not allow_pickle
+            model = cls.from_pretrained(source.location, **kwargs)
+            return model.to(ctx.device).eval().requires_grad_(False)
+        return cls.from_pretrained(source.location, **kwargs)
+
+    return ctx.cache.get(key, load)
+
+
+def check_load_model(params, inputs_meta, ctx):
+    try:
+        source = resolve_source(params["source"], build=False)
+    except SourceError as exc:
+        ctx.problem("source", str(exc))
+        return {}
+    if source.folder is None:
+        if source.hub_id is None:  # a built-in model not built yet: its configs are known to be complete
+            return {}
+        return {"_source": source.spec}
+    index = source.model_index() or {}
+    meta = {"_source": source.spec}
+    for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler", "safety_checker"):
+        entry = index.get(component)
+        present = bool(entry) and entry[0] is not None
+        meta[component] = {"source": source.spec, "present": present, "index": index,
+                           **(source.component_config(component) or {})}
+    for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not meta[component]["present"] and component in ctx.used_outputs:
+            ctx.problem("source", f"{source.spec} has no '{component}' component, but "
+                        f"'{ctx.node_id}.{component}' is wired to another node")
+    for component in ("low_res_scheduler",):
+        if not meta[component]["present"] and component in ctx.used_outputs:
+            ctx.problem("source", f"{source.spec} has no '{component}' (it is not an x4 upscaler model), but "
+                        f"'{ctx.node_id}.{component}' is wired to another node")
+    return meta
+
+
+@node(
+    "load_model",
+    "Load a Stable Diffusion model's components (built-in name, local diffusers folder or hub id), each once per process.",
+    outputs={"unet": UNET, "vae": VAE, "text_encoder": TEXT_ENCODER, "tokenizer": TOKENIZER,
+             "scheduler": SCHEDULER, "low_res_scheduler": SCHEDULER, "safety_checker": SAFETY_CHECKER},
+    params={
+        "source": Param(str, doc="builtin:NAME, a local diffusers folder, or a hub id"),
+        "allow_pickle": Param(bool, False, doc="also load .bin/.ckpt pickle weights (they can run code: trust the source)"),
+    },
+    check=check_load_model,
+)
+def load_model(ctx: RunContext, source: str, allow_pickle: bool):
+    try:
+        resolved = resolve_source(source)
+    except SourceError as exc:
+        raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source", str(exc)) from None
+    ctx.record.setdefault("models", {})[ctx.node_id] = {"source": source, "resolved": resolved.location}
+    outputs = {}
+    try:
+        for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"):
+            outputs[component] = load_component(ctx, resolved, component, allow_pickle) if ctx.needs(component) else None
+        checker = None
+        if ctx.needs("safety_checker"):
+            model = load_component(ctx, resolved, "safety_checker", allow_pickle)
+            if model is not None:
+                checker = SafetyChecker(model, load_component(ctx, resolved, "feature_extractor", allow_pickle))
+        outputs["safety_checker"] = checker
+    except ModelSourceError as exc:
+        raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source", exc.problem.message) from None
+    except OSError as exc:
+        # diffusers/transformers raise OSError for unreachable hub ids, missing files and refused pickles.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source",
+                               f"cannot load '{source}': {first_line}") from None
+    return outputs
