@@ -8,17 +8,28 @@ import torch
 
 from ..engine import ModelSourceError, Param, RunContext, node
 from ..models.sources import ModelSource, SourceError, resolve_source
-from .types import SAFETY_CHECKER, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE, SafetyChecker
+from .types import (DEPTH_ESTIMATOR, IMAGE_ENCODER, IMAGE_PROCESSOR, SAFETY_CHECKER, SCHEDULER, TEXT_ENCODER,
+                    TOKENIZER, UNET, VAE, SafetyChecker)
 
 # model_index.json names classes; only these may be loaded, so a model folder cannot make sdflow
 # import an arbitrary object.
 ALLOWED_CLASSES = {
     "diffusers": {"UNet2DConditionModel", "AutoencoderKL", "StableDiffusionSafetyChecker"},
     "transformers": {"CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "CLIPTokenizerFast",
-                     "CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPFeatureExtractor"},
+                     "CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPFeatureExtractor",
+                     "CLIPVisionModelWithProjection", "DPTForDepthEstimation", "DPTImageProcessor",
+                     "DPTImageProcessorPil", "DPTFeatureExtractor"},
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-MODULE_COMPONENTS = ("unet", "vae", "text_encoder")  # moved to device/dtype; the rest are CPU objects
+# Components that are torch modules: moved to the run's device and dtype. The rest are CPU objects.
+MODULE_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder", "depth_estimator",
+                     "safety_checker")
+# Components a workflow can wire directly, with their port types (safety_checker is paired with its
+# feature extractor below).
+PLAIN_OUTPUTS = {"unet": UNET, "vae": VAE, "text_encoder": TEXT_ENCODER, "tokenizer": TOKENIZER,
+                 "text_encoder_2": TEXT_ENCODER, "tokenizer_2": TOKENIZER, "scheduler": SCHEDULER,
+                 "low_res_scheduler": SCHEDULER, "image_encoder": IMAGE_ENCODER, "feature_extractor": IMAGE_PROCESSOR,
+                 "depth_estimator": DEPTH_ESTIMATOR}
 
 
 def _component_class(source: ModelSource, component: str, index: dict):
@@ -62,7 +73,7 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
     cls = _component_class(source, component, index)
     if cls is None:
         return None
-    is_module = component in MODULE_COMPONENTS or component == "safety_checker"
+    is_module = component in MODULE_COMPONENTS
     key = (source.location, component, ctx.dtype if is_module else "-", ctx.device if is_module else "-")
 
     def load():
@@ -92,27 +103,22 @@ def check_load_model(params, inputs_meta, ctx):
         return {"_source": source.spec}
     index = source.model_index() or {}
     meta = {"_source": source.spec}
-    for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler", "safety_checker"):
+    for component in list(PLAIN_OUTPUTS) + ["safety_checker"]:
         entry = index.get(component)
         present = bool(entry) and entry[0] is not None
         meta[component] = {"source": source.spec, "present": present, "index": index,
                            **(source.component_config(component) or {})}
-    for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if not meta[component]["present"] and component in ctx.used_outputs:
+        # A missing safety checker is fine (the safety_check node skips it, and says so).
+        if not present and component in ctx.used_outputs and component != "safety_checker":
             ctx.problem("source", f"{source.spec} has no '{component}' component, but "
-                        f"'{ctx.node_id}.{component}' is wired to another node")
-    for component in ("low_res_scheduler",):
-        if not meta[component]["present"] and component in ctx.used_outputs:
-            ctx.problem("source", f"{source.spec} has no '{component}' (it is not an x4 upscaler model), but "
-                        f"'{ctx.node_id}.{component}' is wired to another node")
+                        f"'{ctx.node_id}.{component}' is wired to another node (is it the right kind of model?)")
     return meta
 
 
 @node(
     "load_model",
     "Load a Stable Diffusion model's components (built-in name, local diffusers folder or hub id), each once per process.",
-    outputs={"unet": UNET, "vae": VAE, "text_encoder": TEXT_ENCODER, "tokenizer": TOKENIZER,
-             "scheduler": SCHEDULER, "low_res_scheduler": SCHEDULER, "safety_checker": SAFETY_CHECKER},
+    outputs={**PLAIN_OUTPUTS, "safety_checker": SAFETY_CHECKER},
     params={
         "source": Param(str, doc="builtin:NAME, a local diffusers folder, or a hub id"),
         "allow_pickle": Param(bool, False, doc="also load .bin/.ckpt pickle weights (they can run code: trust the source)"),
@@ -127,7 +133,7 @@ def load_model(ctx: RunContext, source: str, allow_pickle: bool):
     ctx.record.setdefault("models", {})[ctx.node_id] = {"source": source, "resolved": resolved.location}
     outputs = {}
     try:
-        for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler"):
+        for component in PLAIN_OUTPUTS:
             outputs[component] = load_component(ctx, resolved, component, allow_pickle) if ctx.needs(component) else None
         checker = None
         if ctx.needs("safety_checker"):

@@ -1,0 +1,32 @@
+"""Helpers for parity tests: compare an sdflow image batch with a diffusers pipeline's output."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+TOLERANCE = 1e-4
+
+
+def as_nhwc(pixels: torch.Tensor) -> np.ndarray:
+    """sdflow's [N, 3, H, W] in [0, 1] as diffusers' output_type='np' array [N, H, W, 3]."""
+    return pixels.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+
+def generators(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def assert_parity(ours: np.ndarray, theirs: np.ndarray, moved: np.ndarray | None = None):
+    """``ours`` equals ``theirs`` within TOLERANCE; ``moved`` (the setting under test changed) must not."""
+    diff = max_diff(ours, theirs)
+    assert diff <= TOLERANCE, f"max abs difference {diff:.2e} > {TOLERANCE}"
+    if moved is not None:
+        moved_diff = max_diff(ours, moved)
+        assert moved_diff > 100 * TOLERANCE, (
+            f"changing the setting under test moved the output only {moved_diff:.2e}: the test would be blind")
