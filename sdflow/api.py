@@ -111,7 +111,7 @@ def run_plan(plan: Plan, config: DictConfig, output_dir: str | Path | None, cach
     """Execute a validated plan; images go to ``output_dir``."""
     runtime = config.get("runtime") or {}
     ctx = RunContext(
-        cache=cache or process_cache(),
+        cache=cache if cache is not None else process_cache(),
         device=str(runtime.get("device", "cpu")),
         dtype=str(runtime.get("dtype", "float32")),
         output_dir=Path(output_dir) if output_dir is not None else None,
@@ -132,8 +132,7 @@ def run_workflow(workflow: str | None = None, overrides: list[str] | None = None
                  cache: ComponentCache | None = None, progress: bool = False) -> RunResult:
     """Run a workflow by name or path with Hydra-style overrides, e.g. ``["prompt=a cat", "seed=3"]``.
 
-    ``output_dir=None`` keeps images in memory only (the save node is skipped by writing nowhere is not
-    possible, so a temporary folder is used and reported in ``saved``).
+    Images go to ``output_dir`` (default: a new temporary folder, listed in the result's ``saved``).
     """
     overrides = list(overrides or [])
     if workflow is not None:

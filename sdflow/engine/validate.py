@@ -210,8 +210,8 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
         path = " -> ".join([edge[0] for edge in cycle] + [cycle[0][0]])
         first = cycle[0][1]
         field_name = graph.edges[cycle[0]]["input"]
-        problems.append(workflow.problem(first, field_name, f"the workflow has a cycle: {path}; a node cannot "
-                                         "depend on its own output"))
+        problems.append(workflow.problem(first, field_name, f"the workflow has a cycle: {path} (each node "
+                                         "feeds the next); a node cannot depend on its own output"))
 
     if problems:
         raise ValidationError(problems)

@@ -60,12 +60,8 @@ def builtin_names() -> list[str]:
     return sorted(set(BUILDERS) | set(packaged))
 
 
-def resolve_source(spec: str, *, build: bool = True) -> ModelSource:
-    """Resolve ``builtin:NAME``, a local folder, or a hub id (from the local cache when already there).
-
-    ``build=False`` resolves a built-in model that is not built yet to ``folder=None`` instead of building it
-    (validation must not write anything).
-    """
+def resolve_source(spec: str) -> ModelSource:
+    """Resolve ``builtin:NAME``, a local folder, or a hub id (from the local cache when already there)."""
     if not isinstance(spec, str) or not spec.strip():
         raise SourceError("expected a model source: builtin:NAME, a local diffusers folder or a hub id")
     spec = spec.strip()
@@ -77,7 +73,7 @@ def resolve_source(spec: str, *, build: bool = True) -> ModelSource:
 
         if name not in BUILDERS:
             raise SourceError(f"unknown built-in model '{name}' (built-in: {', '.join(builtin_names())})")
-        return ModelSource(spec, builtin_model(name) if build else None, hub_id=None)
+        return ModelSource(spec, builtin_model(name))
 
     path = Path(os.path.expanduser(spec))
     looks_local = spec.startswith(("/", ".", "~")) or path.exists() or not _HUB_ID.match(spec)

@@ -83,7 +83,7 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
         if is_module:
             kwargs["torch_dtype"] = DTYPES[ctx.dtype]
             # Safetensors only, unless the user opts in: a pickle checkpoint can run code when loaded.
-            kwargs["use_safetensors"] = not allow_pickle
+            kwargs["use_safetensors"] = None if allow_pickle else True  # None: safetensors first, then pickle
             model = cls.from_pretrained(source.location, **kwargs)
             return model.to(ctx.device).eval().requires_grad_(False)
         return cls.from_pretrained(source.location, **kwargs)
@@ -93,13 +93,12 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
 
 def check_load_model(params, inputs_meta, ctx):
     try:
-        source = resolve_source(params["source"], build=False)
+        # Built-in models are built here on first use (seconds, once per machine) so their configs can be checked.
+        source = resolve_source(params["source"])
     except SourceError as exc:
         ctx.problem("source", str(exc))
         return {}
-    if source.folder is None:
-        if source.hub_id is None:  # a built-in model not built yet: its configs are known to be complete
-            return {}
+    if source.folder is None:  # a hub id not downloaded yet: its configs are checked when it loads
         return {"_source": source.spec}
     index = source.model_index() or {}
     meta = {"_source": source.spec}
@@ -146,6 +145,11 @@ def load_model(ctx: RunContext, source: str, allow_pickle: bool):
     except OSError as exc:
         # diffusers/transformers raise OSError for unreachable hub ids, missing files and refused pickles.
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ""
+        if not allow_pickle and resolved.folder is not None and any(
+                p.suffix in (".bin", ".ckpt", ".pt", ".pth") for p in resolved.folder.rglob("*")):
+            hint = ("; the folder has pickle weights (.bin/.ckpt), which sdflow refuses by default because loading "
+                    "them can run code: convert them to safetensors, or pass allow_pickle=true if you trust the source")
         raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source",
-                               f"cannot load '{source}': {first_line}") from None
+                               f"cannot load '{source}': {first_line}{hint}") from None
     return outputs
