@@ -11,6 +11,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .api import CONF_DIR, compose_config, plan_workflow, run_plan
@@ -47,6 +48,21 @@ def validate_command_line(argv: list[str]) -> None:
             if multirun:
                 raise WorkflowError(f"sweep job [{' '.join(job)}]: {exc}") from None
             raise
+
+
+class SweepGrid(Callback):
+    """After a multirun, tile every job's images into one grid.png in the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if not config.get("grid", True):
+            return
+        from pathlib import Path
+
+        from .info import image_grid
+
+        folder = Path(config.hydra.sweep.dir)
+        if any(folder.rglob("*.png")):
+            log.info("sweep grid: %s", image_grid(folder))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)

@@ -25,8 +25,10 @@ def test_multirun_sweep_of_four_jobs_loads_each_weight_once(tmp_path):
     run = sdflow(tmp_path, "-m", "workflow=text2img", "seed=0,1", "guidance=5,7.5", "steps=2")
     assert run.returncode == 0, run.stderr
     images = sorted((tmp_path / "multirun").rglob("*.png"))
-    assert len(images) == 4
-    assert {p.parent.name for p in images} == {"0", "1", "2", "3"}
+    grids = [p for p in images if p.name == "grid.png"]
+    jobs = [p for p in images if p.name != "grid.png"]
+    assert len(grids) == 1 and {p.parent for p in jobs} == {grids[0].parent / n for n in "0123"}
+    assert len(jobs) == 4  # plus the sweep's grid.png beside the job folders
     stats = re.findall(r"component cache: (\d+) loads, (\d+) hits", run.stdout + run.stderr)
     assert [tuple(map(int, s)) for s in stats] == [(5, 0), (5, 5), (5, 10), (5, 15)]
 
