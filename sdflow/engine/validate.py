@@ -146,7 +146,7 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
         spec = registry.get(entry.type)
         if spec is None:
             problems.append(workflow.problem(entry.id, "type", f"unknown node type '{entry.type}'"
-                                             f"{_suggest(entry.type, registry)} (run 'sdflow-nodes' for the list)"))
+                                             f"{_suggest(entry.type, registry)} (run 'sdflow-info nodes' for the list)"))
             continue
         params: dict[str, Any] = {}
         inputs: dict[str, Ref] = {}

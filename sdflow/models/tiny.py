@@ -17,6 +17,13 @@ from pathlib import Path
 import torch
 
 from .clip_vocab import end_token_id, write_clip_tokenizer_files
+from .tiny_sd2 import build_tiny_sd2
+from .tiny_variation import build_tiny_variation
+from .tiny_sdxl import build_tiny_sdxl, build_tiny_sdxl_refiner
+from .tiny_latent_upscale import build_tiny_latent_upscaler
+from .tiny_ldm3d import build_tiny_ldm3d
+from .tiny_inpaint import build_tiny_inpaint
+from .tiny_depth import build_tiny_depth
 
 BUILD_VERSION = 1  # bump when a config below changes, so cached builds are rebuilt
 
@@ -190,6 +197,11 @@ def build_tiny_upscaler(folder: Path, seed: int = 10) -> Path:
 
 
 BUILDERS = {"tiny": build_tiny_sd, "tiny-x4": build_tiny_upscaler}
+BUILDERS["tiny-sd2"] = build_tiny_sd2
+BUILDERS["tiny-variation"] = build_tiny_variation
+BUILDERS.update({"tiny-sdxl": build_tiny_sdxl, "tiny-sdxl-refiner": build_tiny_sdxl_refiner})
+BUILDERS.update({"tiny-latent-upscale": build_tiny_latent_upscaler, "tiny-ldm3d": build_tiny_ldm3d})
+BUILDERS.update({"tiny-inpaint": build_tiny_inpaint, "tiny-depth": build_tiny_depth})
 
 
 def builtin_model(name: str) -> Path:

@@ -13,7 +13,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..engine import Input, Param, RunContext, node
-from .types import CONDITION, EMBEDDINGS, LATENTS, SCHEDULER, UNET, Condition, Embeddings, Latents
+from .types import (CONDITION, EMBEDDINGS, GUIDANCE, LATENTS, SCHEDULER, UNET, Condition, Embeddings, GuidanceRule,
+                    Latents)
 
 
 def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale: float):
@@ -33,6 +34,41 @@ def img2img_timesteps(scheduler, steps: int, strength: float):
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(t_start * scheduler.order)
     return timesteps
+
+
+def split_point(value: float | None) -> float | None:
+    """denoising_start/end count only strictly between 0 and 1, as in diffusers' SDXL pipelines."""
+    return value if value is not None and 0.0 < value < 1.0 else None
+
+
+def timestep_cutoff(scheduler, fraction: float) -> int:
+    """The training timestep reached once ``fraction`` of the denoising is done (the SDXL base/refiner split)."""
+    train = scheduler.config.num_train_timesteps
+    return int(round(train - fraction * train))
+
+
+def start_timesteps(scheduler, denoising_start: float):
+    """The timesteps below the cutoff, as StableDiffusionXLImg2ImgPipeline.get_timesteps keeps them."""
+    kept = int((scheduler.timesteps < timestep_cutoff(scheduler, denoising_start)).sum().item())
+    if scheduler.order == 2 and kept % 2 == 0:
+        kept += 1  # a 2nd-order scheduler must not start between its two evaluations of one step
+    t_start = len(scheduler.timesteps) - kept
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start)
+    return scheduler.timesteps[t_start:]
+
+
+def added_conditioning(embeddings: Embeddings, condition: Condition | None, batch: int, do_cfg: bool) -> dict | None:
+    """SDXL's added_cond_kwargs: pooled text embeddings and time ids, [uncond, cond] halves like the prompt's."""
+    time_ids = condition.time_ids if condition is not None else None
+    if embeddings.positive_pooled is None and time_ids is None:
+        return None
+    text_embeds, ids = embeddings.positive_pooled.expand(batch, -1), time_ids.expand(batch, -1)
+    if do_cfg:
+        negative_ids = condition.negative_time_ids if condition.negative_time_ids is not None else time_ids
+        text_embeds = torch.cat([embeddings.negative_pooled.expand(batch, -1), text_embeds])
+        ids = torch.cat([negative_ids.expand(batch, -1), ids])
+    return {"text_embeds": text_embeds, "time_ids": ids}
 
 
 def step_kwargs(scheduler, generators, eta: float) -> dict:
@@ -55,19 +91,41 @@ def check_denoise(params, inputs_meta, ctx):
         ctx.problem("embeddings", f"the UNet from '{ctx.source_of('unet')}' attends to {unet['cross_attention_dim']}-wide "
                     f"text embeddings, but '{ctx.source_of('embeddings')}' gives {embeddings['dim']}-wide ones "
                     "(text encoder and UNet come from different model families)")
+    rule = inputs_meta.get("guidance_rule") or {}
+    if unet and rule.get("dim") and unet.get("cross_attention_dim") not in (None, rule["dim"]):
+        ctx.problem("guidance_rule", f"the UNet from '{ctx.source_of('unet')}' attends to "
+                    f"{unet['cross_attention_dim']}-wide embeddings, but '{ctx.source_of('guidance_rule')}' "
+                    f"encodes its concept {rule['dim']}-wide (use the prompt's text encoder)")
     if unet and latents.get("channels"):
         extra = condition.get("channels", 0) if condition else 0
         if unet.get("in_channels") not in (None, latents["channels"] + extra):
             what = f"{latents['channels']} latent channels" + (f" + {extra} condition channels" if extra else "")
             ctx.problem("latents", f"the UNet from '{ctx.source_of('unet')}' takes {unet['in_channels']} input channels, "
                         f"but this step gives it {what} (from '{ctx.source_of('latents')}'"
-                        + (f" and '{ctx.source_of('condition')}')" if extra else ")"))
+                        + (f" and '{ctx.source_of('condition')}')" if extra else ")")
+                        + (f"; {condition['hint']}" if condition and condition.get("hint") else ""))
+    if latents.get("strength") is not None and latents["strength"] != params["strength"]:
+        ctx.problem("strength", f"'{ctx.source_of('latents')}' prepared its latents for strength {latents['strength']}, "
+                    f"but this step runs strength {params['strength']}; give both the same strength")
     if latents.get("kind") == "noise" and params["strength"] < 1.0:
         ctx.problem("strength", f"strength {params['strength']} needs image latents (encode_image) to start from, but "
                     f"'{ctx.source_of('latents')}' is pure noise; use strength 1.0 or wire encoded image latents")
     if latents.get("kind") != "noise" and int(params["steps"] * params["strength"]) < 1:
         ctx.problem("strength", f"strength {params['strength']} x {params['steps']} steps leaves no step to run; "
                     "raise strength or steps")
+    start, end = split_point(params["denoising_start"]), split_point(params["denoising_end"])
+    if start is not None and latents.get("kind") == "noise":
+        ctx.problem("denoising_start", f"denoising_start {start} continues partly denoised latents (a denoise with "
+                    f"denoising_end), but '{ctx.source_of('latents')}' is pure noise")
+    if start is not None and end is not None and start >= end:
+        ctx.problem("denoising_end", f"denoising_start {start} must be below denoising_end {end}")
+    if unet.get("addition_embed_type") == "text_time":
+        lacking = ([] if embeddings.get("pooled_dim") else [f"pooled text embeddings ('{ctx.source_of('embeddings')}' "
+                                                            "has none: use encode_prompt_sdxl)"])
+        lacking += [] if condition.get("time_ids") else ["size/crop time ids (wire an sdxl_condition node as 'condition')"]
+        if lacking:
+            ctx.problem("unet", f"the UNet from '{ctx.source_of('unet')}' is an SDXL UNet (addition_embed_type "
+                        f"'text_time') and needs {' and '.join(lacking)}")
     return {"latents": {**latents, "kind": "denoised"}}
 
 
@@ -80,6 +138,8 @@ def check_denoise(params, inputs_meta, ctx):
         "embeddings": Input(EMBEDDINGS),
         "latents": Input(LATENTS, "starting noise (text2img) or encoded image latents (img2img)"),
         "condition": Input(CONDITION, "channels concatenated to the latents and class labels", optional=True),
+        "guidance_rule": Input(GUIDANCE, "combines the predictions in place of plain CFG (e.g. safe latent diffusion)",
+                               optional=True),
     },
     outputs={"latents": LATENTS},
     params={
@@ -88,53 +148,84 @@ def check_denoise(params, inputs_meta, ctx):
         "strength": Param(float, 1.0, min=0.0, max=1.0, doc="img2img: how much of the schedule to run on the image"),
         "eta": Param(float, 0.0, min=0.0, max=1.0, doc="DDIM eta (ignored by schedulers without it)"),
         "guidance_rescale": Param(float, 0.0, min=0.0, max=1.0, doc="rescale guided noise (fixes overexposure)"),
+        "denoising_start": Param(float, None, nullable=True, min=0.0, max=1.0,
+                                 doc="SDXL refiner: continue from this share of the schedule, adding no noise"),
+        "denoising_end": Param(float, None, nullable=True, min=0.0, max=1.0,
+                               doc="SDXL base: stop at this share of the schedule (hand the latents to a refiner)"),
     },
     check=check_denoise,
 )
 def denoise(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: Latents, condition: Condition | None,
-            steps: int, guidance: float, strength: float, eta: float, guidance_rescale: float):
+            guidance_rule: GuidanceRule | None,
+            steps: int, guidance: float, strength: float, eta: float, guidance_rescale: float,
+            denoising_start: float | None = None, denoising_end: float | None = None):
     scheduler = type(scheduler).from_config(scheduler.config)  # fresh state: schedulers count their steps
     batch = latents.samples.shape[0]
     do_cfg = guidance > 1.0 and unet.config.time_cond_proj_dim is None
     text = embeddings.positive.expand(batch, -1, -1)
     if do_cfg:
         text = torch.cat([embeddings.negative.expand(batch, -1, -1), text])
+    added_cond = added_conditioning(embeddings, condition, batch, do_cfg)
+    # A guidance rule may add conditionings (batched after [uncond, text]) and combines the predictions;
+    # start() gives it fresh state (e.g. momentum) for this run.
+    extra = list(guidance_rule.extra_embeddings) if do_cfg and guidance_rule is not None else []
+    if extra:
+        text = torch.cat([text] + [e.expand(batch, -1, -1) for e in extra])
+    combine = guidance_rule.start() if do_cfg and guidance_rule is not None else None
 
     scheduler.set_timesteps(steps, device=ctx.device)
-    if latents.kind == "noise":
+    if split_point(denoising_start) is not None:  # SDXL refiner: continue the base's latents, no new noise
+        timesteps = start_timesteps(scheduler, denoising_start)
+        x = latents.samples.to(ctx.device)
+    elif latents.kind == "noise":
         timesteps = scheduler.timesteps
         x = latents.samples.to(ctx.device) * scheduler.init_noise_sigma
     else:
         timesteps = img2img_timesteps(scheduler, steps, strength)
-        noise = randn_tensor(latents.samples.shape, generator=latents.generators, device=ctx.device,
-                             dtype=latents.samples.dtype)
+        if latents.noise is not None:  # drawn ahead by the node that made the latents (inpainting)
+            noise = latents.noise.to(ctx.device)
+        else:
+            noise = randn_tensor(latents.samples.shape, generator=latents.generators, device=ctx.device,
+                                 dtype=latents.samples.dtype)
         x = scheduler.add_noise(latents.samples.to(ctx.device), noise, timesteps[:1].repeat(batch))
+    if split_point(denoising_end) is not None:  # SDXL base: stop early and hand the latents on
+        cutoff = timestep_cutoff(scheduler, denoising_end)
+        timesteps = timesteps[: len([t for t in timesteps if t >= cutoff])]
 
     concat = class_labels = None
     if condition is not None:
-        halves = 2 if do_cfg else 1
+        halves = 2 + len(extra) if do_cfg else 1
         if condition.concat is not None:
             concat = torch.cat([condition.concat.to(x.dtype)] * halves)
         if condition.class_labels is not None:
             class_labels = torch.cat([condition.class_labels] * halves)
     extra_step = step_kwargs(scheduler, latents.generators, eta)
 
-    for t in ctx.steps(timesteps, total=len(timesteps), desc=f"{ctx.node_id} ({type(scheduler).__name__})"):
-        model_input = torch.cat([x] * 2) if do_cfg else x
+    blend = condition.blend if condition is not None else None
+    for i, t in enumerate(ctx.steps(timesteps, total=len(timesteps), desc=f"{ctx.node_id} ({type(scheduler).__name__})")):
+        model_input = torch.cat([x] * (2 + len(extra))) if do_cfg else x
         model_input = scheduler.scale_model_input(model_input, t)
         if concat is not None:
             model_input = torch.cat([model_input, concat], dim=1)
         with torch.no_grad():
             noise_pred = unet(model_input, t, encoder_hidden_states=text, class_labels=class_labels,
-                              return_dict=False)[0]
+                              added_cond_kwargs=added_cond, return_dict=False)[0]
         if do_cfg:
-            noise_uncond, noise_text = noise_pred.chunk(2)
-            noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
+            noise_uncond, noise_text, *noise_extra = noise_pred.chunk(2 + len(extra))
+            if combine is None:
+                noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
+            else:
+                noise_pred = combine(i, noise_uncond, noise_text, noise_extra, guidance)
             if guidance_rescale > 0.0:
                 noise_pred = rescale_noise_cfg(noise_pred, noise_text, guidance_rescale)
         x = scheduler.step(noise_pred, t, x, **extra_step, return_dict=False)[0]
+        if blend is not None:  # legacy inpainting: outside the mask, the image noised to the next timestep
+            keep = blend.image_latents
+            if i < len(timesteps) - 1:
+                keep = scheduler.add_noise(keep, blend.noise, timesteps[i + 1 : i + 2])
+            x = (1 - blend.mask) * keep + blend.mask * x
 
     ctx.record.setdefault("denoise", {})[ctx.node_id] = {
         "scheduler": type(scheduler).__name__, "steps": steps, "steps_run": len(timesteps), "guidance": guidance,
-        "strength": strength}
+        "strength": strength, "denoising_start": denoising_start, "denoising_end": denoising_end}
     return {"latents": Latents(x, latents.seeds, latents.generators, "denoised", latents.scaling_factor)}

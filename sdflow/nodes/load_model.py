@@ -30,6 +30,15 @@ PLAIN_OUTPUTS = {"unet": UNET, "vae": VAE, "text_encoder": TEXT_ENCODER, "tokeni
                  "text_encoder_2": TEXT_ENCODER, "tokenizer_2": TOKENIZER, "scheduler": SCHEDULER,
                  "low_res_scheduler": SCHEDULER, "image_encoder": IMAGE_ENCODER, "feature_extractor": IMAGE_PROCESSOR,
                  "depth_estimator": DEPTH_ESTIMATOR}
+# For components most Stable Diffusion models lack: the kind of model that has one, said when it is missing.
+MISSING_COMPONENT_HINTS = {
+    "image_encoder": "an image-variation model with an image encoder: model=tiny_variation (built in), or "
+                     "model=variation (lambdalabs/sd-image-variations-diffusers), or model.path=/path/to/a/local/copy",
+    "text_encoder_2": "an SDXL model with two text encoders: model=tiny_sdxl (built in), or model=sdxl "
+                      "(stabilityai/stable-diffusion-xl-base-1.0), or model.path=/path/to/a/local/copy",
+    "depth_estimator": "a depth-to-image model with a DPT depth estimator: model=tiny_depth (built in), or "
+                       "model=sd2_depth (stabilityai/stable-diffusion-2-depth), or model.path=/path/to/a/local/copy",
+}
 
 
 def _component_class(source: ModelSource, component: str, index: dict):
@@ -110,7 +119,9 @@ def check_load_model(params, inputs_meta, ctx):
         # A missing safety checker is fine (the safety_check node skips it, and says so).
         if not present and component in ctx.used_outputs and component != "safety_checker":
             ctx.problem("source", f"{source.spec} has no '{component}' component, but "
-                        f"'{ctx.node_id}.{component}' is wired to another node (is it the right kind of model?)")
+                        f"'{ctx.node_id}.{component}' is wired to another node (is it the right kind of model?)"
+                        + (f"; this workflow needs {MISSING_COMPONENT_HINTS[component]}"
+                           if component in MISSING_COMPONENT_HINTS else ""))
     return meta
 
 

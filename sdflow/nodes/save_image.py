@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..engine import Input, Param, RunContext, node
@@ -29,6 +30,12 @@ def write_png_atomically(image, path: Path, text_chunks: dict[str, str]) -> None
         raise
 
 
+def gray16_to_pil(pixels) -> list:
+    """1-channel images (e.g. LDM3D depth) as 16-bit grayscale, scaled like diffusers' LDM3D depth PNGs."""
+    array = (pixels.detach().float().cpu()[:, 0].numpy() * 65535.0).astype("uint16")
+    return [Image.fromarray(a) for a in array]  # uint16 arrays become mode "I;16"
+
+
 @node(
     "save_image",
     "Save images as PNG in the run folder, with the resolved workflow, seeds, models and versions in text chunks.",
@@ -41,7 +48,9 @@ def save_image(ctx: RunContext, image: Images, prefix: str):
     out_dir = Path(ctx.output_dir or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = ctx.record.setdefault("saved", [])
-    for index, pil in enumerate(pixels_to_pil(image.pixels)):
+    # 1-channel images (depth maps) are written as 16-bit grayscale PNGs; RGB ones as 8-bit RGB.
+    pils = gray16_to_pil(image.pixels) if image.pixels.shape[1] == 1 else pixels_to_pil(image.pixels)
+    for index, pil in enumerate(pils):
         seed = image.seeds[index] if index < len(image.seeds) else None
         name = f"{prefix}_{index:03d}" + (f"_seed{seed}" if seed is not None else "") + ".png"
         metadata = {k: v for k, v in ctx.record.items() if k not in ("saved", "timings_s")}

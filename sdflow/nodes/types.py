@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import torch
 
@@ -21,6 +22,8 @@ EMBEDDINGS = PortType("EMBEDDINGS", "prompt and negative-prompt text embeddings"
 LATENTS = PortType("LATENTS", "latents with one seed and generator per image")
 IMAGE = PortType("IMAGE", "a batch of RGB images in [0, 1]")
 CONDITION = PortType("CONDITION", "extra UNet conditioning: channels concatenated to the latents, class labels")
+GUIDANCE = PortType("GUIDANCE", "a rule combining the UNet's predictions in place of plain CFG (safe latent diffusion)")
+MASK = PortType("MASK", "a batch of one-channel masks in [0, 1] (inpainting: white = repaint)")
 
 
 @dataclass
@@ -31,6 +34,9 @@ class Embeddings:
     negative: torch.Tensor | None
     prompt: str
     negative_prompt: str
+    # SDXL: the second text encoder's pooled [1, dim] embeddings, for the UNet's "text_time" added embedding.
+    positive_pooled: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
 
 
 @dataclass
@@ -48,6 +54,9 @@ class Latents:
     generators: list[torch.Generator]
     kind: str
     scaling_factor: float | None = None
+    # img2img noise drawn ahead by the node that made these latents, when it must draw more after it
+    # (inpainting); None: denoise draws it from the generators.
+    noise: torch.Tensor | None = None
 
 
 @dataclass
@@ -69,6 +78,44 @@ class Condition:
 
     concat: torch.Tensor | None = None
     class_labels: torch.Tensor | None = None
+    blend: MaskBlend | None = None  # legacy inpainting with a 4-channel UNet
+    # SDXL micro-conditioning [1, n] (sizes, crop, aesthetic score) for the "text_time" added embedding;
+    # negative_time_ids is the unconditional CFG half's (None: the same as time_ids).
+    time_ids: torch.Tensor | None = None
+    negative_time_ids: torch.Tensor | None = None
+
+
+@dataclass
+class MaskBlend:
+    """Legacy inpainting: after each scheduler step, outside ``mask`` the latents are reset to the image.
+
+    ``mask`` [N, 1, h, w] is 1 where to repaint; ``image_latents`` [N, C, h, w] are noised with ``noise`` to
+    the next timestep before pasting, as StableDiffusionInpaintPipeline does for 4-channel UNets.
+    """
+
+    mask: torch.Tensor
+    image_latents: torch.Tensor
+    noise: torch.Tensor
+
+
+@dataclass
+class Mask:
+    """One-channel masks [N, 1, H, W] in [0, 1], as read (not yet binarized)."""
+
+    pixels: torch.Tensor
+
+
+class GuidanceRule(Protocol):
+    """What denoise asks of a guidance rule (the GUIDANCE port).
+
+    ``extra_embeddings`` ([1, tokens, dim] each) are predicted in the same UNet batch after [uncond, text];
+    ``start()`` returns, once per run, ``combine(step_index, noise_uncond, noise_text, noise_extra, guidance)``
+    giving the guided noise, so state such as momentum never carries over from one run to the next.
+    """
+
+    extra_embeddings: list[torch.Tensor]
+
+    def start(self) -> Callable[[int, torch.Tensor, torch.Tensor, list[torch.Tensor], float], torch.Tensor]: ...
 
 
 @dataclass
