@@ -146,12 +146,20 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def save_tokenizer(tokenizer, folder: Path) -> None:
-    """save_pretrained writes only tokenizer.json; keep vocab.json/merges.txt beside it as published ones do."""
-    vocab, merges = (folder / "vocab.json").read_bytes(), (folder / "merges.txt").read_bytes()
-    tokenizer.save_pretrained(folder)
-    (folder / "vocab.json").write_bytes(vocab)
-    (folder / "merges.txt").write_bytes(merges)
+def save_model_folder(pipe, folder: Path, scheduler_configs: dict[str, dict]) -> Path:
+    """Save a pipeline's components as a diffusers folder, the way published checkpoints look.
+
+    save_pretrained writes only tokenizer.json, so the vocab.json/merges.txt already written into each
+    tokenizer folder are put back; scheduler configs are written by hand (``{subfolder: config}``)
+    because from_config drops keys that were defaults.
+    """
+    kept = {p: p.read_bytes() for p in folder.glob("tokenizer*/*") if p.name in ("vocab.json", "merges.txt")}
+    pipe.save_pretrained(folder, safe_serialization=True)
+    for path, data in kept.items():
+        path.write_bytes(data)
+    for subfolder, config in scheduler_configs.items():
+        write_json(folder / subfolder / "scheduler_config.json", config)
+    return folder
 
 
 def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
@@ -166,12 +174,7 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
         tokenizer=tokenizer, scheduler=PNDMScheduler.from_config(SD1_SCHEDULER_CONFIG), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
-    vocab_files = {name: (tok_dir / name).read_bytes() for name in ("vocab.json", "merges.txt")}
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for name, data in vocab_files.items():
-        (tok_dir / name).write_bytes(data)
-    write_json(folder / "scheduler" / "scheduler_config.json", SD1_SCHEDULER_CONFIG)
-    return folder
+    return save_model_folder(pipe, folder, {"scheduler": SD1_SCHEDULER_CONFIG})
 
 
 def build_tiny_upscaler(folder: Path, seed: int = 10) -> Path:
@@ -187,13 +190,8 @@ def build_tiny_upscaler(folder: Path, seed: int = 10) -> Path:
         unet=make_upscaler_unet(seed), low_res_scheduler=DDPMScheduler.from_config(UPSCALER_LOW_RES_SCHEDULER_CONFIG),
         scheduler=DDIMScheduler.from_config(UPSCALER_SCHEDULER_CONFIG), max_noise_level=350,
     )
-    vocab_files = {name: (tok_dir / name).read_bytes() for name in ("vocab.json", "merges.txt")}
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for name, data in vocab_files.items():
-        (tok_dir / name).write_bytes(data)
-    write_json(folder / "scheduler" / "scheduler_config.json", UPSCALER_SCHEDULER_CONFIG)
-    write_json(folder / "low_res_scheduler" / "scheduler_config.json", UPSCALER_LOW_RES_SCHEDULER_CONFIG)
-    return folder
+    return save_model_folder(pipe, folder, {"scheduler": UPSCALER_SCHEDULER_CONFIG,
+                                            "low_res_scheduler": UPSCALER_LOW_RES_SCHEDULER_CONFIG})
 
 
 BUILDERS = {"tiny": build_tiny_sd, "tiny-x4": build_tiny_upscaler}

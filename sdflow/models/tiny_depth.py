@@ -46,7 +46,7 @@ def build_tiny_depth(folder: Path, seed: int = 30) -> Path:
     from transformers import DPTImageProcessorPil
 
     from .clip_vocab import end_token_id
-    from .tiny import make_text_encoder, make_tokenizer, make_unet, make_vae, write_json
+    from .tiny import make_text_encoder, make_tokenizer, make_unet, make_vae, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"
@@ -57,9 +57,4 @@ def build_tiny_depth(folder: Path, seed: int = 30) -> Path:
         scheduler=PNDMScheduler.from_config(SD2_PNDM_SCHEDULER_CONFIG), depth_estimator=make_depth_estimator(seed + 3),
         feature_extractor=DPTImageProcessorPil(**DPT_PROCESSOR_CONFIG),
     )
-    vocab_files = {name: (tok_dir / name).read_bytes() for name in ("vocab.json", "merges.txt")}
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for name, data in vocab_files.items():  # save_pretrained writes only tokenizer.json
-        (tok_dir / name).write_bytes(data)
-    write_json(folder / "scheduler" / "scheduler_config.json", SD2_PNDM_SCHEDULER_CONFIG)
-    return folder
+    return save_model_folder(pipe, folder, {"scheduler": SD2_PNDM_SCHEDULER_CONFIG})

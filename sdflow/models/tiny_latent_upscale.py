@@ -55,7 +55,7 @@ def build_tiny_latent_upscaler(folder: Path, seed: int = 20) -> Path:
     from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline
 
     # Imported here: tiny.py imports this module to register it in BUILDERS.
-    from .tiny import make_text_encoder, make_tokenizer, make_vae, write_json
+    from .tiny import make_text_encoder, make_tokenizer, make_vae, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"
@@ -66,10 +66,4 @@ def build_tiny_latent_upscaler(folder: Path, seed: int = 20) -> Path:
         tokenizer=tokenizer, unet=make_latent_upscaler_unet(seed),
         scheduler=EulerDiscreteScheduler.from_config(LATENT_UPSCALER_SCHEDULER_CONFIG),
     )
-    # save_pretrained keeps only tokenizer.json; put the vocabulary files back as published folders have them.
-    vocab_files = {name: (tok_dir / name).read_bytes() for name in ("vocab.json", "merges.txt")}
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for name, data in vocab_files.items():
-        (tok_dir / name).write_bytes(data)
-    write_json(folder / "scheduler" / "scheduler_config.json", LATENT_UPSCALER_SCHEDULER_CONFIG)
-    return folder
+    return save_model_folder(pipe, folder, {"scheduler": LATENT_UPSCALER_SCHEDULER_CONFIG})

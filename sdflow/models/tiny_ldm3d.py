@@ -31,7 +31,7 @@ def build_tiny_ldm3d(folder: Path, seed: int = 30) -> Path:
     from diffusers import PNDMScheduler, StableDiffusionLDM3DPipeline
 
     # Imported here: tiny.py imports this module to register it in BUILDERS.
-    from .tiny import SD1_SCHEDULER_CONFIG, make_text_encoder, make_tokenizer, make_unet, write_json
+    from .tiny import SD1_SCHEDULER_CONFIG, make_text_encoder, make_tokenizer, make_unet, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"
@@ -41,10 +41,4 @@ def build_tiny_ldm3d(folder: Path, seed: int = 30) -> Path:
         tokenizer=tokenizer, unet=make_unet(seed), scheduler=PNDMScheduler.from_config(SD1_SCHEDULER_CONFIG),
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
     )
-    # save_pretrained keeps only tokenizer.json; put the vocabulary files back as published folders have them.
-    vocab_files = {name: (tok_dir / name).read_bytes() for name in ("vocab.json", "merges.txt")}
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for name, data in vocab_files.items():
-        (tok_dir / name).write_bytes(data)
-    write_json(folder / "scheduler" / "scheduler_config.json", SD1_SCHEDULER_CONFIG)
-    return folder
+    return save_model_folder(pipe, folder, {"scheduler": SD1_SCHEDULER_CONFIG})

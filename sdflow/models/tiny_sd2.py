@@ -62,7 +62,7 @@ def build_tiny_sd2(folder: Path, seed: int = 20) -> Path:
 
     # Imported here, not at the top: tiny.py imports this module to register the builder.
     from .clip_vocab import end_token_id, write_clip_tokenizer_files
-    from .tiny import TINY_WORDS, make_vae, write_json
+    from .tiny import TINY_WORDS, make_vae, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"
@@ -75,9 +75,4 @@ def build_tiny_sd2(folder: Path, seed: int = 20) -> Path:
         scheduler=DDIMScheduler.from_config(SD2_SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
-    vocab_files = {name: (tok_dir / name).read_bytes() for name in ("vocab.json", "merges.txt")}
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for name, data in vocab_files.items():  # save_pretrained may rewrite them; keep the published layout
-        (tok_dir / name).write_bytes(data)
-    write_json(folder / "scheduler" / "scheduler_config.json", SD2_SCHEDULER_CONFIG)
-    return folder
+    return save_model_folder(pipe, folder, {"scheduler": SD2_SCHEDULER_CONFIG})

@@ -94,15 +94,9 @@ def make_text_encoders(folder: Path, seed: int, first: bool = True):
 
 
 def _save(pipe, folder: Path) -> Path:
-    from .tiny import write_json  # imported here: tiny.py imports this module to register the builders
+    from .tiny import save_model_folder  # imported here: tiny.py imports this module to register the builders
 
-    # save_pretrained writes only tokenizer.json: keep vocab.json/merges.txt beside it as published ones do.
-    kept = {p: p.read_bytes() for p in folder.glob("tokenizer*/*") if p.name in ("vocab.json", "merges.txt")}
-    pipe.save_pretrained(folder, safe_serialization=True)
-    for path, data in kept.items():
-        path.write_bytes(data)
-    write_json(folder / "scheduler" / "scheduler_config.json", SDXL_SCHEDULER_CONFIG)
-    return folder
+    return save_model_folder(pipe, folder, {"scheduler": SDXL_SCHEDULER_CONFIG})
 
 
 def build_tiny_sdxl(folder: Path, seed: int = 30) -> Path:

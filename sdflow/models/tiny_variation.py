@@ -42,7 +42,7 @@ def build_tiny_variation(folder: Path, seed: int = 30) -> Path:
     from transformers import CLIPImageProcessor
 
     # Imported here, not at the top: tiny.py imports this module to register the builder.
-    from .tiny import SD1_SCHEDULER_CONFIG, make_unet, make_vae, write_json
+    from .tiny import SD1_SCHEDULER_CONFIG, make_unet, make_vae, save_model_folder
 
     folder = Path(folder)
     pipe = StableDiffusionImageVariationPipeline(
@@ -51,6 +51,4 @@ def build_tiny_variation(folder: Path, seed: int = 30) -> Path:
         feature_extractor=CLIPImageProcessor(**FEATURE_EXTRACTOR_CONFIG), safety_checker=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder, safe_serialization=True)
-    write_json(folder / "scheduler" / "scheduler_config.json", SD1_SCHEDULER_CONFIG)
-    return folder
+    return save_model_folder(pipe, folder, {"scheduler": SD1_SCHEDULER_CONFIG})
