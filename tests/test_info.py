@@ -36,3 +36,10 @@ def test_grid_tiles_every_image_of_a_sweep_folder(tmp_path):
         with Image.open(next((tmp_path / "0").glob("*.png"))) as source:
             expected = source.convert("RGB").resize((32, 32))
         assert first_cell.tobytes() == expected.tobytes()
+
+
+def test_docs_node_reference_is_up_to_date():
+    from pathlib import Path
+
+    committed = (Path(__file__).resolve().parent.parent / "docs" / "nodes.md").read_text()
+    assert committed.strip() == node_reference().strip(), "regenerate it: sdflow-info nodes > docs/nodes.md"
