@@ -180,6 +180,14 @@ def test_run_workflow_with_a_broken_user_file_loads_nothing_and_writes_nothing(t
     assert cache.stats.loads == 0 and not out.exists()
 
 
+def test_a_missing_input_file_from_the_config_says_which_key_to_set():
+    with pytest.raises(ValidationError) as excinfo:
+        run_workflow("img2img", ["model=tiny"])
+    message = str(excinfo.value)
+    assert "node 'input', field 'path': expected a string, given nothing (null)" in message
+    assert "set it on the command line, image=..." in message
+
+
 def test_unknown_workflow_name_lists_the_known_ones():
     with pytest.raises(ValidationError, match="workflow 'text2imag' not found.*text2img"):
         run_workflow("text2imag", [])

@@ -160,6 +160,9 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
             elif name in spec.params:
                 reason = check_param(spec.params[name], value)
                 if reason:
+                    key = entry.config_keys.get(name)
+                    if key:  # the value came from the config: say where to change it
+                        reason += f" (it comes from ${{{key}}}: set it on the command line, {key}=...)"
                     problems.append(workflow.problem(entry.id, name, reason))
                 params[name] = value
             else:

@@ -32,6 +32,7 @@ class NodeEntry:
     fields: dict[str, Any]
     line: int | None
     field_lines: dict[str, int] = field(default_factory=dict)
+    config_keys: dict[str, str] = field(default_factory=dict)  # field -> the config key it was ${...} of
 
 
 @dataclass
@@ -192,6 +193,7 @@ def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None)
             found[key] = selected
         whole = _INTERPOLATION.fullmatch(value)
         if whole:
+            workflow.nodes[node_id].config_keys[field_name] = whole.group(1).strip()
             return found[whole.group(1).strip()]
         return _INTERPOLATION.sub(lambda m: str(found[m.group(1).strip()]), value)
 
