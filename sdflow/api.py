@@ -58,11 +58,28 @@ def available_workflows() -> list[str]:
     return sorted(p.stem for p in WORKFLOWS_DIR.glob("*.yaml"))
 
 
+def quote_text_values(overrides: list[str]) -> list[str]:
+    """Quote single-run override values that contain commas, so ``prompt=a cat, blue`` is text.
+
+    Hydra reads an unquoted comma as a sweep and refuses it outside ``-m``; in a single run a comma can
+    only be text. Lists (``seed=[1,2]``) and values the user already quoted are left alone.
+    """
+    quoted = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and "," in value and value[:1] not in ("[", "{", "'", '"') and "(" not in value:
+            quote = "'" if '"' in value else '"'
+            override = f"{key}={quote}{value}{quote}"
+        quoted.append(override)
+    return quoted
+
+
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The Hydra config for ``overrides``, composed from conf/ exactly as the CLI would."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    overrides = quote_text_values(list(overrides or []))
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config", overrides=list(overrides or []))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
@@ -82,6 +99,20 @@ def plan_workflow(config: DictConfig) -> Plan:
     if problems:
         raise ValidationError(problems)
     return validate(workflow)
+
+
+def prompt_warnings(config: DictConfig) -> list[str]:
+    """Words a model with a closed vocabulary (the shapes default) has never seen: it cannot draw them."""
+    model = config.get("model") or {}
+    if model.get("vocabulary") != "shapes" or not isinstance(config.get("prompt"), str):
+        return []
+    from .world.vocabulary import unknown_words, world_words
+
+    unknown = unknown_words(config.prompt)
+    if not unknown:
+        return []
+    return [f"the '{model.get('path')}' model cannot draw {', '.join(repr(w) for w in unknown)}: it only knows "
+            f"{', '.join(world_words())} (use model=sd15 or model.path=... for open prompts)"]
 
 
 def versions() -> dict[str, str]:
@@ -124,6 +155,9 @@ def run_plan(plan: Plan, config: DictConfig, output_dir: str | Path | None, cach
         "versions": versions(),
         "runtime": {"device": ctx.device, "dtype": ctx.dtype},
     })
+    for warning in prompt_warnings(config):
+        log.warning(warning)
+        ctx.record.setdefault("warnings", []).append(warning)
     outputs = execute(plan, ctx)
     return RunResult(outputs, ctx.record, [Path(p) for p in ctx.record.get("saved", [])], plan)
 

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .api import CONF_DIR, compose_config, plan_workflow, run_plan
+from .api import CONF_DIR, compose_config, plan_workflow, quote_text_values, run_plan
 from .engine import WorkflowError, process_cache
 
 log = logging.getLogger("sdflow")
@@ -81,6 +81,9 @@ def run_job(config: DictConfig) -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
+    if not any(a in ("-m", "--multirun") for a in argv):
+        argv = quote_text_values(argv)
+        sys.argv[1:] = argv  # what Hydra parses next
     asks_hydra_only = any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion")
                           or a.startswith(("--cfg", "--info")) for a in argv)
     if not asks_hydra_only:

@@ -15,7 +15,7 @@ def sdflow(tmp_path, *args):
 
 
 def test_one_image_lands_in_the_hydra_run_folder(tmp_path):
-    run = sdflow(tmp_path, "workflow=text2img", "prompt=a lighthouse at dusk", "seed=7", "steps=3")
+    run = sdflow(tmp_path, "workflow=text2img", "prompt=a lighthouse, at dusk", "seed=7", "steps=3")  # a comma is text
     assert run.returncode == 0, run.stderr
     images = list((tmp_path / "outputs").rglob("*.png"))
     assert [p.name for p in images] == ["text2img_000_seed7.png"]
