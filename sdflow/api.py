@@ -104,7 +104,8 @@ def plan_workflow(config: DictConfig) -> Plan:
 def prompt_warnings(config: DictConfig) -> list[str]:
     """Words a model with a closed vocabulary (the shapes default) has never seen: it cannot draw them."""
     model = config.get("model") or {}
-    if model.get("vocabulary") != "shapes" or not isinstance(config.get("prompt"), str):
+    if model.get("vocabulary") != "shapes" or model.get("path") != "builtin:shapes" or not isinstance(
+            config.get("prompt"), str):
         return []
     from .world.vocabulary import unknown_words, world_words
 

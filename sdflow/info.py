@@ -52,13 +52,19 @@ def image_grid(folder: Path, columns: int | None = None, cell: int = 256) -> Pat
     if not images:
         raise SystemExit(f"no PNG images under {folder}")
 
-    def job_label(path: Path) -> str:
+    def job_overrides(path: Path) -> list[str]:
         overrides = path.parent / ".hydra" / "overrides.yaml"
-        if overrides.exists():
-            import yaml
+        if not overrides.exists():
+            return [path.stem]
+        import yaml
 
-            return " ".join(str(o) for o in (yaml.safe_load(overrides.read_text()) or []) if not str(o).startswith("workflow="))
-        return path.stem
+        return [str(o).replace("\\", "") for o in (yaml.safe_load(overrides.read_text()) or [])]
+
+    # Label each cell with what its job changed: the overrides that differ between jobs.
+    shared = set.intersection(*(set(job_overrides(p)) for p in images)) if len(images) > 1 else set()
+
+    def job_label(path: Path) -> str:
+        return " ".join(o for o in job_overrides(path) if o not in shared) or path.stem
 
     def job_number(path: Path):
         return (int(path.parent.name) if path.parent.name.isdigit() else 0, str(path))

@@ -18,3 +18,8 @@ def test_words_outside_the_vocabulary_are_named():
 
 def test_open_vocabulary_models_never_warn():
     assert prompt_warnings(compose_config(["model=tiny", "prompt=a lighthouse at dusk"])) == []
+
+
+def test_a_shapes_preset_pointed_at_another_model_does_not_warn():
+    config = compose_config(["model=shapes", "model.path=/models/my-sd15", "prompt=a lighthouse at dusk"])
+    assert prompt_warnings(config) == []
