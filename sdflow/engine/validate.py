@@ -87,6 +87,14 @@ def _given(value) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_param(param: Param, value) -> str | None:
     """Return why ``value`` does not fit ``param``, or None. Catches YAML traps like ``"20"`` and ``no``."""
     if value is None:
@@ -108,12 +116,8 @@ def check_param(param: Param, value) -> str | None:
     )
     if not ok:
         hint = ""
-        if isinstance(value, str) and tp in (int, float):
-            try:
-                float(value)
-                hint = " (remove the quotes)"
-            except ValueError:
-                pass
+        if isinstance(value, str) and tp in (int, float) and _looks_numeric(value):
+            hint = " (remove the quotes)"
         if isinstance(value, bool) and tp is str:
             hint = " (YAML reads yes/no/on/off/true/false as booleans: quote the text)"
         return f"expected {_type_name(tp)}, given {_given(value)}{hint}"

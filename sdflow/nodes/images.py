@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..engine import Input, Param, RunContext, node
 from .types import IMAGE, LATENTS, VAE, Images, Latents, generators_for, seeds_list
-from .vae_facts import latent_channels, vae_scale_factor
+from .vae_facts import check_image_fits_vae, latent_channels
 
 
 def pil_to_pixels(image: Image.Image) -> torch.Tensor:
@@ -68,12 +68,7 @@ def load_image(ctx: RunContext, path: str, width, height):
 
 def check_encode_image(params, inputs_meta, ctx):
     vae, image = inputs_meta.get("vae") or {}, inputs_meta.get("image") or {}
-    if vae and image:
-        factor = vae_scale_factor(vae)
-        for side in ("width", "height"):
-            if image.get(side) and image[side] % factor:
-                ctx.problem("image", f"the image's {side} ({image[side]}) from '{ctx.source_of('image')}' must be a "
-                            f"multiple of {factor} for this VAE; resize it (load_image width/height)")
+    check_image_fits_vae(ctx, image, vae)
     return {"latents": {"kind": "image", "channels": latent_channels(vae) if vae else None,
                         "scaling_factor": vae.get("scaling_factor") if vae else None, "from": ctx.source_of("vae")}}
 

@@ -17,7 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..engine import Input, Param, RunContext, node
 from .types import (CONDITION, IMAGE, LATENTS, MASK, VAE, Condition, Images, Latents, Mask, MaskBlend, generators_for,
                     seeds_list)
-from .vae_facts import latent_channels, vae_scale_factor
+from .vae_facts import check_image_fits_vae, latent_channels
 
 HINTS = {
     "concat": "'{node}' prepares a 9-channel inpainting UNet's inputs (mode concat): load an inpainting model "
@@ -34,12 +34,7 @@ def check_inpaint_condition(params, inputs_meta, ctx):
         ctx.problem("mask", f"the mask from '{ctx.source_of('mask')}' is {mask['width']}x{mask['height']} but the image "
                     f"from '{ctx.source_of('image')}' is {image['width']}x{image['height']}; give them the same size "
                     "(load_image/load_mask width and height)")
-    if vae and image:
-        factor = vae_scale_factor(vae)
-        for side in ("width", "height"):
-            if image.get(side) and image[side] % factor:
-                ctx.problem("image", f"the image's {side} ({image[side]}) from '{ctx.source_of('image')}' must be a "
-                            f"multiple of {factor} for this VAE; resize it (load_image width/height)")
+    check_image_fits_vae(ctx, image, vae)
     channels = latent_channels(vae) if vae else None
     strength = params["strength"]
     return {
