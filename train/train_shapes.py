@@ -113,6 +113,15 @@ class Phase:
         return self.frac(step) >= 1.0
 
 
+def optimizer_step(opt, model, ema, loss, step: int) -> None:
+    """One clipped AdamW step, then the EMA copy follows."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema_update(ema, model, step)
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.999) -> None:
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
@@ -202,11 +211,7 @@ def train_unet(args, vae, text_encoder, tokenizer, scenes, rng, save_cb) -> tupl
         pred = unet(xt, t, encoder_hidden_states=emb[cap]).sample
         per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (per * min_snr_weight(sched, t)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, unet, step)
+        optimizer_step(opt, unet, ema, loss, step)
         step += 1
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 50 == 0:
@@ -280,11 +285,7 @@ def train_upscaler(args, up_vae, scenes, rng) -> tuple[torch.nn.Module, int]:
             grp["lr"] = lr_at(phase.frac(step), 0.03, args.up_lr)
         pred = unet(torch.cat([xt, lo], 1), t, encoder_hidden_states=ctx, class_labels=level).sample
         loss = F.mse_loss(pred, x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, unet, step)
+        optimizer_step(opt, unet, ema, loss, step)
         step += 1
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 50 == 0:
