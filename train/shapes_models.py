@@ -1,8 +1,8 @@
 """Architectures of the "shapes" default model family (base 64 px model and x4 upscaler).
 
 Sized for a CPU training budget: the base UNet works on 16x16x4 latents (8x8 latents lose shapes),
-the VAE has no attention so it is fully convolutional and can be trained on crops and reused by the
-upscaler at 256 px.
+the VAE has no attention so it is fully convolutional and can be trained on crops and reused (after
+fine-tuning on whole 256 px renders) by the upscaler.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ TEXT_HIDDEN = 64
 
 
 def make_text_encoder(vocab_size: int, eos_id: int, bos_id: int, seed: int) -> CLIPTextModel:
-    """A small random CLIP text encoder, kept frozen.
+    """A small CLIP text encoder at its seeded random initialisation (frozen, requires_grad off).
 
-    A frozen random encoder keeps every word distinct (a jointly trained one lost position words in
-    a short run). eos_token_id is the vocabulary's real EOS id: with 2, CLIP falls back to legacy
-    argmax pooling.
+    train_shapes.py's text phase then trains it to read captions and freezes it again for the
+    other phases: a frozen random one kept every word distinct but not which colour word belonged
+    to the shape and which to the background. eos_token_id is the vocabulary's real EOS id: with 2,
+    CLIP falls back to legacy argmax pooling.
     """
     import torch
 

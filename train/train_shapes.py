@@ -1,18 +1,32 @@
 """Train sdflow's offline default models "shapes" (64 px text-to-image) and "shapes-x4" (x4 upscaler).
 
-Everything is rendered by sdflow.world (no data set, no download). Phases, in order, each bounded by a
-wall-time budget (or an exact step count, to replay a run):
-1. VAE (64x64x3 <-> 16x16x4, no attention) on world images at 64 px and 64 px crops of 256 px renders,
-   so the same fully convolutional VAE serves the upscaler at 256 px;
-2. base UNet on precomputed latents (posterior means) with a frozen random CLIP text encoder and
-   precomputed caption embeddings; 10% empty captions for classifier-free guidance; min-SNR loss
-   weighting and an EMA of the weights, both of which help most in short runs;
-3. upscaler UNet (in_channels 7, noise level as class label) on latent crops of 256 px renders
+Everything is rendered by sdflow.world (no data set, no download). Four phases, each seeded on its own
+(so they can run in one process or one at a time, in parallel where they do not depend on each other)
+and each bounded by a wall-time budget or by an exact step count (to replay a run):
+1. text: the CLIP text encoder learns to read captions. Linear heads must recover all five
+   attributes (shape, colour, size, position, background) from every position at or after the EOS
+   token, the positions the UNet's cross-attention sees on every prompt. A frozen random encoder
+   left "red circle, blue background" and "blue circle, red background" nearly alike, and the UNet
+   swapped colours; this one is then frozen for the other phases.
+2. vae: 64x64x3 <-> 16x16x4, no attention, on world images at 64 px and 64 px crops of 256 px
+   renders, so the same fully convolutional VAE serves the upscaler at 256 px. Its scaling factor
+   (1 / std of the latent means) is measured here.
+3. unet (needs text, vae): base UNet on precomputed latents (posterior means) and precomputed caption
+   embeddings; 10% empty captions for classifier-free guidance; min-SNR loss weighting and an EMA of
+   the weights, both of which help most in short runs.
+4. up (needs vae): the VAE fine-tuned on whole 256 px renders (a fixed 500 steps), then the
+   upscaler UNet (in_channels 7, noise level as class label) on latent crops of 256 px renders
    paired with their 64 px versions.
-Then both are written as fp16 diffusers folders under sdflow/models/. Steps actually run are written
-to train/last_run.json; pass them back with --vae-steps/--unet-steps/--up-steps to replay a run.
+Each phase writes its fp16 diffusers folder(s) under --out (the next phase reads them back, so it
+trains on exactly the weights that ship). Steps actually run go to train/last_run.json; pass them
+back with --steps to replay a phase.
 
-Usage:  python train/train_shapes.py --seed 0 --vae-minutes 8 --unet-minutes 40 --up-minutes 8
+Usage (the committed weights; text and vae ran side by side, one thread each, then unet, then up):
+    python train/train_shapes.py --phases text --minutes 3 &
+    python train/train_shapes.py --phases vae --minutes 25
+    python train/train_shapes.py --phases unet --minutes 55 --threads 2
+    python train/train_shapes.py --phases up --minutes 25 --threads 2
+Replay exactly: python train/train_shapes.py --steps T,V,U,X  (the steps in train/last_run.json)
 """
 
 from __future__ import annotations
@@ -39,10 +53,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionUpscalePipeline  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
-from sdflow.world.captions import TEMPLATES, caption, training_scenes  # noqa: E402
+from diffusers import AutoencoderKL  # noqa: E402
+from transformers import CLIPTextModel  # noqa: E402
+
+from sdflow.world.captions import TEMPLATES, caption, held_out_scenes, training_scenes  # noqa: E402
 from sdflow.world.render import render  # noqa: E402
 from sdflow.world.tokenizer import write_world_tokenizer  # noqa: E402
-from shapes_models import make_text_encoder, make_unet, make_upscaler_unet, make_vae  # noqa: E402
+from sdflow.world.vocabulary import COLOURS, POSITIONS, SHAPES, SIZES  # noqa: E402
+from shapes_models import TEXT_HIDDEN, make_text_encoder, make_unet, make_upscaler_unet, make_vae  # noqa: E402
+
+PHASES = ("text", "vae", "unet", "up")
+# What the text encoder's heads must read back from a caption, in this order.
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES, "position": POSITIONS, "background": tuple(COLOURS),
+}
 
 UPSCALER_SCALING = 0.08333  # StableDiffusionUpscalePipeline forces this VAE scaling factor.
 
@@ -135,11 +159,90 @@ def min_snr_weight(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = 5.0
     return torch.clamp(snr, max=gamma) / snr
 
 
-# ---------------------------------------------------------------- phase 1: VAE
-def train_vae(args, scenes, rng) -> tuple[torch.nn.Module, int]:
+def seed_phase(seed: int, phase: str) -> random.Random:
+    """Seed torch for ``phase`` and return its own Python RNG: phases do not share random state,
+    so running them together or one at a time gives the same weights."""
+    torch.manual_seed(seed * 100 + PHASES.index(phase))
+    return random.Random(f"{seed}-{phase}")
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+# ---------------------------------------------------------------- phase 1: text encoder
+def caption_labels(scenes, n_templates: int) -> tuple[list[str], torch.Tensor]:
+    captions, labels = [], []
+    for sc in scenes:
+        row = [ATTRIBUTE_VALUES[a].index(getattr(sc, a)) for a in ATTRIBUTE_VALUES]
+        for k in range(n_templates):
+            captions.append(caption(sc, k))
+            labels.append(row)
+    return captions, torch.tensor(labels)
+
+
+def summary_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """True at the EOS token and every (EOS) padding token after it: the positions whose causal
+    attention has read the whole caption."""
+    first_eos = (ids == eos_id).int().argmax(dim=1, keepdim=True)
+    return torch.arange(ids.shape[1])[None, :] >= first_eos
+
+
+def heads_loss(heads, hidden, mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every attribute head at every summary position; also per-caption
+    all-attributes correctness at the last position."""
+    logits = heads(hidden)  # (B, 77, sum of classes)
+    loss, right, start = 0.0, torch.ones(len(labels), dtype=torch.bool), 0
+    for j, values in enumerate(ATTRIBUTE_VALUES.values()):
+        part = logits[..., start : start + len(values)]
+        start += len(values)
+        target = labels[:, j : j + 1].expand(-1, hidden.shape[1])
+        ce = F.cross_entropy(part.reshape(-1, len(values)), target.reshape(-1), reduction="none").view(mask.shape)
+        loss = loss + (ce * mask).sum() / mask.sum()
+        right &= part[:, -1].argmax(-1) == labels[:, j]
+    return loss, right
+
+
+def train_text_encoder(args, tokenizer, eos_id: int, budget: Phase) -> tuple[CLIPTextModel, int]:
+    text_encoder = make_text_encoder(len(tokenizer), eos_id, tokenizer.bos_token_id, args.seed)
+    text_encoder.requires_grad_(True).train()
+    heads = torch.nn.Linear(TEXT_HIDDEN, sum(len(v) for v in ATTRIBUTE_VALUES.values()))
+    captions, labels = caption_labels(training_scenes(), len(TEMPLATES))
+    ids = tokenize(tokenizer, captions)
+    mask = summary_mask(ids, eos_id)
+    params = list(text_encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=args.text_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed)
+    step, avg = 0, None
+    while not budget.done(step):
+        idx = torch.randint(0, len(ids), (args.text_batch,), generator=g)
+        for grp in opt.param_groups:
+            grp["lr"] = lr_at(budget.frac(step), 0.05, args.text_lr)
+        loss, _ = heads_loss(heads, text_encoder(ids[idx]).last_hidden_state, mask[idx], labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
+        if step % 100 == 0:
+            log(f"text step {step} loss {avg:.4f}")
+    text_encoder.eval().requires_grad_(False)
+    # Held-out combinations, fp16-rounded weights: what the UNet phase will see.
+    held_caps, held_labels = caption_labels(held_out_scenes(), len(TEMPLATES))
+    held_ids = tokenize(tokenizer, held_caps)
+    rounded = copy.deepcopy(text_encoder).half().float()
+    with torch.no_grad():
+        _, right = heads_loss(heads, rounded(held_ids).last_hidden_state, summary_mask(held_ids, eos_id), held_labels)
+    log(f"text encoder: {step} steps, held-out captions read right (all five attributes): {right.float().mean():.2%}")
+    return text_encoder, step
+
+
+# ---------------------------------------------------------------- phase 2: VAE
+def train_vae(args, scenes, rng, phase: Phase) -> tuple[torch.nn.Module, int]:
     vae = make_vae(args.vae_width)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    phase, step = Phase(args.vae_minutes, args.vae_steps), 0
+    step = 0
     while not phase.done(step):
         batch = []
         for _ in range(args.vae_batch):
@@ -163,7 +266,11 @@ def train_vae(args, scenes, rng) -> tuple[torch.nn.Module, int]:
         step += 1
         if step % 25 == 0:
             log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.2f}")
-    return vae.eval(), step
+    vae.eval().requires_grad_(False)
+    # SD's convention: scaling_factor = 1 / std of the latents, measured on fresh renders.
+    sample = torch.stack([to_tensor(render(rng.choice(scenes), rng.randrange(2**31))) for _ in range(2000)])
+    vae.register_to_config(scaling_factor=float(1.0 / encode_means(vae, sample).std()))
+    return vae, step
 
 
 @torch.no_grad()
@@ -171,19 +278,18 @@ def encode_means(vae, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
     return torch.cat([vae.encode(images[i : i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
 
 
-# ---------------------------------------------------------------- phase 2: base UNet
-def train_unet(args, vae, text_encoder, tokenizer, scenes, rng, save_cb) -> tuple[torch.nn.Module, float, int]:
+# ---------------------------------------------------------------- phase 3: base UNet
+def train_unet(args, vae, text_encoder, tokenizer, scenes, rng, phase: Phase, save_cb) -> tuple[torch.nn.Module, int]:
     # Precompute: latents of N renders and embeddings of every (training combo, template) caption.
     t0 = time.time()
     items = [(rng.randrange(len(scenes)), rng.randrange(2**31)) for _ in range(args.n_images)]
     images = torch.stack([to_tensor(render(scenes[i], s)) for i, s in items])
-    means = encode_means(vae, images)
-    scaling = float(1.0 / means.std())
-    latents = means * scaling
+    scaling = vae.config.scaling_factor
+    latents = encode_means(vae, images) * scaling
     del images
     captions = [caption(sc, k) for sc in scenes for k in range(len(TEMPLATES))] + [""]
     with torch.no_grad():
-        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = tokenize(tokenizer, captions)
         emb = torch.cat([text_encoder(ids[i : i + 512])[0] for i in range(0, len(ids), 512)])
     uncond = len(captions) - 1
     scene_idx = torch.tensor([i for i, _ in items])
@@ -195,7 +301,7 @@ def train_unet(args, vae, text_encoder, tokenizer, scenes, rng, save_cb) -> tupl
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=0.0)
     log(f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params")
     g = torch.Generator().manual_seed(args.seed)
-    phase, step, saved_mid, avg = Phase(args.unet_minutes, args.unet_steps), 0, False, None
+    step, saved_mid, avg = 0, False, None
     while not phase.done(step):
         idx = torch.randint(0, len(latents), (args.unet_batch,), generator=g)
         x0 = latents[idx]
@@ -218,12 +324,12 @@ def train_unet(args, vae, text_encoder, tokenizer, scenes, rng, save_cb) -> tupl
             log(f"unet step {step} loss {avg:.4f} frac {phase.frac(step):.2f}")
         if not saved_mid and phase.frac(step) >= 0.5:
             saved_mid = True
-            save_cb(ema, scaling)  # an early checkpoint so evaluation code can be tried meanwhile
+            save_cb(ema)  # an early checkpoint so evaluation code can be tried meanwhile
             log("saved mid-run base checkpoint")
-    return ema.eval(), scaling, step
+    return ema.eval(), step
 
 
-# ---------------------------------------------------------------- phase 3: upscaler UNet
+# ---------------------------------------------------------------- phase 4: upscaler UNet
 def rescaled_vae(vae, mean_std: float):
     """A copy of ``vae`` whose latent means have std 1/0.08333, so the upscaler's forced scaling
     factor gives unit-variance latents. Means are scaled by k in quant_conv, the log-variance
@@ -239,7 +345,37 @@ def rescaled_vae(vae, mean_std: float):
     return out
 
 
-def train_upscaler(args, up_vae, scenes, rng) -> tuple[torch.nn.Module, int]:
+def vae_for_256(vae, args, scenes, rng) -> torch.nn.Module:
+    """The base VAE fine-tuned on whole 256 px renders, for the upscaler.
+
+    Trained on 64 px images and crops only, the VAE drew a coloured frame round a 256 px decode
+    and shifted its colours (GroupNorm statistics over a whole 256 px image differ from a crop's),
+    so the upscaler learned from, and decoded through, a broken latent space.
+    """
+    vae = copy.deepcopy(vae).train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.up_vae_lr, weight_decay=0.0)
+    t0 = time.time()
+    for step in range(args.up_vae_steps):
+        x = torch.stack([to_tensor(render(rng.choice(scenes), rng.randrange(2**31), 256)) for _ in range(2)])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step / args.up_vae_steps, 0.05, args.up_vae_lr)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.kl_weight * post.kl().mean() / post.mean[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 25 == 0:
+            log(f"x4 vae step {step + 1} loss {loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        sample = torch.stack([to_tensor(render(rng.choice(scenes), rng.randrange(2**31), 256)) for _ in range(64)])
+        mean_std = float(encode_means(vae, sample, 16).std())
+    log(f"x4 vae: {args.up_vae_steps} steps on 256 px renders in {time.time() - t0:.0f}s")
+    return rescaled_vae(vae, mean_std)
+
+
+def train_upscaler(args, up_vae, scenes, rng, phase: Phase) -> tuple[torch.nn.Module, int]:
     t0 = time.time()
     n = args.n_up_images
     highs, lows = [], []
@@ -267,7 +403,7 @@ def train_upscaler(args, up_vae, scenes, rng) -> tuple[torch.nn.Module, int]:
     g = torch.Generator().manual_seed(args.seed + 1)
     ctx = torch.zeros(args.up_batch, 77, 64)  # no cross-attention: the text is unused
     c = args.up_crop
-    phase, step, avg = Phase(args.up_minutes, args.up_steps), 0, None
+    step, avg = 0, None
     while not phase.done(step):
         idx = torch.randint(0, n, (args.up_batch,), generator=g)
         ys = torch.randint(0, 64 - c + 1, (args.up_batch,), generator=g)
@@ -303,11 +439,9 @@ def write_tokenizer_and_scheduler(folder: Path, schedulers: dict[str, dict]) -> 
         (folder / name / "scheduler_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def save_base(folder: Path, unet, vae, text_encoder, tokenizer, scaling: float) -> None:
-    vae = copy.deepcopy(vae)
-    vae.register_to_config(scaling_factor=scaling)
+def save_base(folder: Path, unet, vae, text_encoder, tokenizer) -> None:
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=copy.deepcopy(unet),
+        vae=copy.deepcopy(vae), text_encoder=copy.deepcopy(text_encoder), tokenizer=tokenizer, unet=copy.deepcopy(unet),
         scheduler=DDPMScheduler.from_config(BASE_SCHEDULER), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     ).to(torch.float16)
@@ -318,7 +452,7 @@ def save_base(folder: Path, unet, vae, text_encoder, tokenizer, scaling: float) 
 
 def save_upscaler(folder: Path, unet, vae, text_encoder, tokenizer) -> None:
     pipe = StableDiffusionUpscalePipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=copy.deepcopy(unet),
+        vae=vae, text_encoder=copy.deepcopy(text_encoder), tokenizer=tokenizer, unet=copy.deepcopy(unet),
         low_res_scheduler=DDPMScheduler.from_config(LOW_RES_SCHEDULER),
         scheduler=DDPMScheduler.from_config(UPSCALER_SCHEDULER), max_noise_level=350,
     ).to(torch.float16)
@@ -327,64 +461,98 @@ def save_upscaler(folder: Path, unet, vae, text_encoder, tokenizer) -> None:
     write_tokenizer_and_scheduler(folder, {"scheduler": UPSCALER_SCHEDULER, "low_res_scheduler": LOW_RES_SCHEDULER})
 
 
+def save_component(model: torch.nn.Module, folder: Path) -> None:
+    """One component as an fp16 diffusers/transformers folder (config + safetensors)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    copy.deepcopy(model).half().save_pretrained(folder, safe_serialization=True)
+
+
+def load_frozen(cls, folder: Path):
+    """A component written by an earlier phase, in fp32, frozen: exactly the weights that ship."""
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} is missing: run the phase that writes it first (see --phases)")
+    return cls.from_pretrained(folder, torch_dtype=torch.float32).eval().requires_grad_(False)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", help="cpu or cuda; the committed weights were trained on cpu")
+    p.add_argument("--device", default="cpu", help="cpu only: the committed weights were trained on cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "sdflow" / "models"))
-    p.add_argument("--vae-minutes", type=float, default=8.0)
-    p.add_argument("--unet-minutes", type=float, default=40.0)
-    p.add_argument("--up-minutes", type=float, default=8.0)
-    p.add_argument("--vae-steps", type=int, default=None, help="exact steps (overrides the time budget)")
-    p.add_argument("--unet-steps", type=int, default=None)
-    p.add_argument("--up-steps", type=int, default=None)
+    p.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
+    p.add_argument("--minutes", default="3,25,55,25", help="wall-time budget per phase in --phases (comma-separated)")
+    p.add_argument("--steps", default=None, help="exact steps per phase in --phases (replays a run; overrides --minutes)")
     p.add_argument("--vae-width", type=int, default=16)
     p.add_argument("--unet-width", type=int, default=32)
     p.add_argument("--up-width", type=int, default=32)
+    p.add_argument("--text-batch", type=int, default=128)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--up-batch", type=int, default=16)
     p.add_argument("--up-crop", type=int, default=32, help="latent crop side for upscaler training")
+    p.add_argument("--text-lr", type=float, default=1e-3)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--up-lr", type=float, default=1e-3)
+    p.add_argument("--up-vae-steps", type=int, default=500, help="fine-tuning steps of the x4 VAE on 256 px renders")
+    p.add_argument("--up-vae-lr", type=float, default=5e-4)
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--n-images", type=int, default=16000)
     p.add_argument("--n-up-images", type=int, default=1200)
+    p.add_argument("--record", default=str(Path(__file__).resolve().parent / "last_run.json"),
+                   help="JSON file the steps and settings of each phase are merged into")
     args = p.parse_args()
     if args.device != "cpu":
         raise SystemExit("this script trains on cpu only; the GPU calibration used a different script")
-    torch.set_num_threads(args.threads)  # one core: the machine is shared
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
+    phases = [x for x in args.phases.split(",") if x]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        raise SystemExit(f"unknown phase(s) {unknown}; choose from {list(PHASES)}")
+    minutes = [float(x) for x in args.minutes.split(",")]
+    steps = [int(x) for x in args.steps.split(",")] if args.steps else [None] * len(phases)
+    if len(steps) != len(phases) or (not args.steps and len(minutes) != len(phases) and len(minutes) != len(PHASES)):
+        raise SystemExit("--minutes/--steps need one value per phase in --phases")
+    if len(minutes) == len(PHASES) and len(phases) != len(PHASES):
+        minutes = [minutes[PHASES.index(ph)] for ph in phases]
+    torch.set_num_threads(args.threads)  # the machine has 2 cores; phases may run side by side
     out = Path(args.out)
-    started = time.time()
-
-    tok_dir = out / "shapes" / "tokenizer"
+    base, up_dir = out / "shapes", out / "shapes-x4"
+    tok_dir = base / "tokenizer"
     eos = write_world_tokenizer(tok_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    text_encoder = make_text_encoder(len(tokenizer), eos, tokenizer.bos_token_id, args.seed)
     scenes = training_scenes()
+    record_path = Path(args.record)
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = record if "phases" in record else {"phases": {}}
 
-    vae, vae_steps = train_vae(args, scenes, rng)
-    vae.requires_grad_(False)
-    log(f"vae done: {vae_steps} steps")
+    for phase_name, budget_min, exact in zip(phases, minutes, steps):
+        rng = seed_phase(args.seed, phase_name)
+        budget = Phase(budget_min, exact)
+        if phase_name == "text":
+            model, n = train_text_encoder(args, tokenizer, eos, budget)
+            save_component(model, base / "text_encoder")
+        elif phase_name == "vae":
+            model, n = train_vae(args, scenes, rng, budget)
+            save_component(model, base / "vae")
+        elif phase_name == "unet":
+            vae = load_frozen(AutoencoderKL, base / "vae")
+            text_encoder = load_frozen(CLIPTextModel, base / "text_encoder")
 
-    def save_cb(unet, scaling):
-        save_base(out / "shapes", unet, vae, text_encoder, tokenizer, scaling)
+            def save_cb(unet, vae=vae, text_encoder=text_encoder):
+                save_base(base, unet, vae, text_encoder, tokenizer)
 
-    unet, scaling, unet_steps = train_unet(args, vae, text_encoder, tokenizer, scenes, rng, save_cb)
-    save_base(out / "shapes", unet, vae, text_encoder, tokenizer, scaling)
-    log(f"base model saved: {unet_steps} unet steps")
-
-    up_vae = rescaled_vae(vae, 1.0 / scaling)
-    up_unet, up_steps = train_upscaler(args, up_vae, scenes, rng)
-    save_upscaler(out / "shapes-x4", up_unet, up_vae, text_encoder, tokenizer)
-    info = dict(vars(args), vae_steps=vae_steps, unet_steps=unet_steps, up_steps=up_steps,
-                scaling_factor=scaling, minutes=(time.time() - started) / 60)
-    (Path(__file__).resolve().parent / "last_run.json").write_text(json.dumps(info, indent=2) + "\n")
-    log(f"all done in {info['minutes']:.1f} min: {info}")
+            model, n = train_unet(args, vae, text_encoder, tokenizer, scenes, rng, budget, save_cb)
+            save_cb(model)
+        else:
+            up_vae = vae_for_256(load_frozen(AutoencoderKL, base / "vae"), args, scenes, rng)
+            model, n = train_upscaler(args, up_vae, scenes, rng, budget)
+            save_upscaler(up_dir, model, up_vae, load_frozen(CLIPTextModel, base / "text_encoder"), tokenizer)
+        minutes_run = (time.time() - budget.start) / 60
+        log(f"phase {phase_name} done: {n} steps in {minutes_run:.1f} min")
+        settings = {k: v for k, v in vars(args).items() if k not in ("phases", "minutes", "steps", "out", "record")}
+        record["phases"][phase_name] = {"steps": n, "minutes": round(minutes_run, 2), **settings}
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
