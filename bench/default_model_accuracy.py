@@ -11,7 +11,7 @@ text2img goes through sdflow's own workflow (``sdflow.api.run_workflow("text2img
 ``sdflow.api`` imports, else through diffusers' StableDiffusionPipeline on the same folder; the path
 taken is printed. img2img and upscaling use diffusers' pipelines directly.
 
-    python bench/default_model_accuracy.py [--n 200] [--steps 20] [--guidance 4] [--backend auto]
+    python bench/default_model_accuracy.py [--n 200] [--steps 20] [--guidance 2] [--backend auto]
 """
 
 from __future__ import annotations
@@ -42,11 +42,17 @@ def make_text2img(backend: str, model: Path, steps: int, guidance: float):
                 raise
             print(f"note: sdflow.api not importable ({type(exc).__name__}: {exc}); using diffusers fallback")
         else:
+            # The shapes preset (vocabulary, size, guidance) pointed at this folder: the packaged
+            # weights by default, or a fresh training run's.
+            model_overrides = ["model=shapes"]
+            if model.resolve() != (MODELS / "shapes").resolve():
+                model_overrides.append(f"model.path={model.resolve()}")
+
             def generate(prompt: str, seed: int):
                 result = run_workflow(
                     "text2img",
                     # Quoted: Hydra reads an unquoted comma as a list/sweep.
-                    [f"model={model.name}", f"prompt='{prompt}'", f"seed={seed}", f"steps={steps}", f"guidance={guidance}"],
+                    [*model_overrides, f"prompt='{prompt}'", f"seed={seed}", f"steps={steps}", f"guidance={guidance}"],
                 )
                 images = result.images
                 # The API exposes images as a list or as a method returning one; accept both.
@@ -98,7 +104,7 @@ def main() -> None:
     p.add_argument("--backend", choices=["auto", "sdflow", "diffusers"], default="auto")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--n-img2img", type=int, default=40)
     p.add_argument("--n-upscale", type=int, default=50)
     p.add_argument("--upscale-steps", type=int, default=20)
