@@ -48,3 +48,23 @@ def test_a_bad_value_in_one_sweep_job_stops_the_whole_sweep_before_anything_runs
     assert run.returncode != 0
     assert "steps=-1" in run.stderr and "field 'steps'" in run.stderr and "expected a value >= 1" in run.stderr
     assert not (tmp_path / "multirun").exists()
+
+
+def test_the_readme_main_command_draws_what_its_prompt_says(tmp_path):
+    import shlex
+    from pathlib import Path
+
+    from PIL import Image
+
+    from sdflow.world.judge import judge
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (line,) = [x for x in readme.splitlines() if x.startswith("bash scripts/install.sh && .venv/bin/sdflow ")]
+    args = shlex.split(line.split(".venv/bin/sdflow ", 1)[1])
+    assert args[0] == "prompt=a large yellow triangle on the right, purple background"  # what is judged below
+    run = sdflow(tmp_path, *args)
+    assert run.returncode == 0, run.stderr
+    (image,) = (tmp_path / "outputs").rglob("*.png")
+    reading = judge(Image.open(image))
+    assert (reading.size, reading.colour, reading.shape, reading.position, reading.background) == (
+        "large", "yellow", "triangle", "right", "purple"), reading

@@ -439,6 +439,15 @@ def write_tokenizer_and_scheduler(folder: Path, schedulers: dict[str, dict]) -> 
         (folder / name / "scheduler_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
+def drop_local_paths(folder: Path) -> None:
+    """Remove ``_name_or_path`` from written configs: components loaded back from an earlier
+    phase's folder would otherwise ship the training machine's paths."""
+    for config in folder.rglob("config.json"):
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def save_base(folder: Path, unet, vae, text_encoder, tokenizer) -> None:
     pipe = StableDiffusionPipeline(
         vae=copy.deepcopy(vae), text_encoder=copy.deepcopy(text_encoder), tokenizer=tokenizer, unet=copy.deepcopy(unet),
@@ -448,6 +457,7 @@ def save_base(folder: Path, unet, vae, text_encoder, tokenizer) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     pipe.save_pretrained(folder, safe_serialization=True)
     write_tokenizer_and_scheduler(folder, {"scheduler": BASE_SCHEDULER})
+    drop_local_paths(folder)
 
 
 def save_upscaler(folder: Path, unet, vae, text_encoder, tokenizer) -> None:
@@ -459,6 +469,7 @@ def save_upscaler(folder: Path, unet, vae, text_encoder, tokenizer) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     pipe.save_pretrained(folder, safe_serialization=True)
     write_tokenizer_and_scheduler(folder, {"scheduler": UPSCALER_SCHEDULER, "low_res_scheduler": LOW_RES_SCHEDULER})
+    drop_local_paths(folder)
 
 
 def save_component(model: torch.nn.Module, folder: Path) -> None:
