@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--n-img2img", type=int, default=40)
-    p.add_argument("--n-upscale", type=int, default=50)
+    p.add_argument("--n-upscale", type=int, default=200)
     p.add_argument("--upscale-steps", type=int, default=20)
     p.add_argument("--vae-ceiling", type=int, default=1, help="0 skips the VAE round-trip check")
     p.add_argument("--threads", type=int, default=1)
