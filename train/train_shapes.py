@@ -25,7 +25,7 @@ Usage (the committed weights; text and vae ran side by side, one thread each, th
     python train/train_shapes.py --phases text --minutes 3 &
     python train/train_shapes.py --phases vae --minutes 25
     python train/train_shapes.py --phases unet --minutes 55 --threads 2
-    python train/train_shapes.py --phases up --minutes 25 --threads 2
+    python train/train_shapes.py --phases up --minutes 25
 Replay exactly: python train/train_shapes.py --steps T,V,U,X  (the steps in train/last_run.json)
 """
 
@@ -50,11 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionUpscalePipeline  # noqa: E402
-from transformers import CLIPTokenizer  # noqa: E402
-
-from diffusers import AutoencoderKL  # noqa: E402
-from transformers import CLIPTextModel  # noqa: E402
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionUpscalePipeline  # noqa: E402
+from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from sdflow.world.captions import TEMPLATES, caption, held_out_scenes, training_scenes  # noqa: E402
 from sdflow.world.render import render  # noqa: E402
@@ -137,13 +134,21 @@ class Phase:
         return self.frac(step) >= 1.0
 
 
-def optimizer_step(opt, model, ema, loss, step: int) -> None:
-    """One clipped AdamW step, then the EMA copy follows."""
+def optimizer_step(opt, loss, clip_params=None) -> None:
+    """One AdamW step; gradients of ``clip_params`` (if given) clipped to norm 1 first."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
     opt.step()
-    ema_update(ema, model, step)
+
+
+def vae_loss(vae, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 + MSE reconstruction of a posterior sample, plus the KL per latent element (also returned)."""
+    post = vae.encode(x).latent_dist
+    rec = vae.decode(post.sample()).sample
+    kl = post.kl().mean() / post.mean[0].numel()
+    return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl, kl
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.999) -> None:
@@ -219,10 +224,7 @@ def train_text_encoder(args, tokenizer, eos_id: int, budget: Phase) -> tuple[CLI
         for grp in opt.param_groups:
             grp["lr"] = lr_at(budget.frac(step), 0.05, args.text_lr)
         loss, _ = heads_loss(heads, text_encoder(ids[idx]).last_hidden_state, mask[idx], labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         step += 1
         avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
         if step % 100 == 0:
@@ -256,13 +258,8 @@ def train_vae(args, scenes, rng, phase: Phase) -> tuple[torch.nn.Module, int]:
         x = torch.stack(batch)
         for g in opt.param_groups:
             g["lr"] = lr_at(phase.frac(step), 0.05, args.vae_lr)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        kl = post.kl().mean() / (16 * 16 * 4)
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, kl = vae_loss(vae, x, args.kl_weight)
+        optimizer_step(opt, loss)
         step += 1
         if step % 25 == 0:
             log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.2f}")
@@ -317,7 +314,8 @@ def train_unet(args, vae, text_encoder, tokenizer, scenes, rng, phase: Phase, sa
         pred = unet(xt, t, encoder_hidden_states=emb[cap]).sample
         per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (per * min_snr_weight(sched, t)).mean()
-        optimizer_step(opt, unet, ema, loss, step)
+        optimizer_step(opt, loss, unet.parameters())
+        ema_update(ema, unet, step)
         step += 1
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 50 == 0:
@@ -359,12 +357,8 @@ def vae_for_256(vae, args, scenes, rng) -> torch.nn.Module:
         x = torch.stack([to_tensor(render(rng.choice(scenes), rng.randrange(2**31), 256)) for _ in range(2)])
         for g in opt.param_groups:
             g["lr"] = lr_at(step / args.up_vae_steps, 0.05, args.up_vae_lr)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.kl_weight * post.kl().mean() / post.mean[0].numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, _ = vae_loss(vae, x, args.kl_weight)
+        optimizer_step(opt, loss)
         if (step + 1) % 25 == 0:
             log(f"x4 vae step {step + 1} loss {loss.item():.4f}")
     vae.eval().requires_grad_(False)
@@ -421,7 +415,8 @@ def train_upscaler(args, up_vae, scenes, rng, phase: Phase) -> tuple[torch.nn.Mo
             grp["lr"] = lr_at(phase.frac(step), 0.03, args.up_lr)
         pred = unet(torch.cat([xt, lo], 1), t, encoder_hidden_states=ctx, class_labels=level).sample
         loss = F.mse_loss(pred, x0)
-        optimizer_step(opt, unet, ema, loss, step)
+        optimizer_step(opt, loss, unet.parameters())
+        ema_update(ema, unet, step)
         step += 1
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 50 == 0:
@@ -485,6 +480,16 @@ def load_frozen(cls, folder: Path):
     return cls.from_pretrained(folder, torch_dtype=torch.float32).eval().requires_grad_(False)
 
 
+def per_phase(values: str, phases: list[str], flag: str, cast) -> list:
+    """One value per phase in ``phases``, or one per phase of PHASES (the defaults), picked out."""
+    items = [cast(x) for x in values.split(",")]
+    if len(items) == len(phases):
+        return items
+    if len(items) == len(PHASES):
+        return [items[PHASES.index(p)] for p in phases]
+    raise SystemExit(f"{flag} needs one value per phase in --phases ({len(phases)}), got {len(items)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu only: the committed weights were trained on cpu")
@@ -520,12 +525,8 @@ def main() -> None:
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
         raise SystemExit(f"unknown phase(s) {unknown}; choose from {list(PHASES)}")
-    minutes = [float(x) for x in args.minutes.split(",")]
-    steps = [int(x) for x in args.steps.split(",")] if args.steps else [None] * len(phases)
-    if len(steps) != len(phases) or (not args.steps and len(minutes) != len(phases) and len(minutes) != len(PHASES)):
-        raise SystemExit("--minutes/--steps need one value per phase in --phases")
-    if len(minutes) == len(PHASES) and len(phases) != len(PHASES):
-        minutes = [minutes[PHASES.index(ph)] for ph in phases]
+    minutes = per_phase(args.minutes, phases, "--minutes", float)
+    steps = per_phase(args.steps, phases, "--steps", int) if args.steps else [None] * len(phases)
     torch.set_num_threads(args.threads)  # the machine has 2 cores; phases may run side by side
     out = Path(args.out)
     base, up_dir = out / "shapes", out / "shapes-x4"
