@@ -54,9 +54,7 @@ def make_text2img(backend: str, model: Path, steps: int, guidance: float):
                     # Quoted: Hydra reads an unquoted comma as a list/sweep.
                     [*model_overrides, f"prompt='{prompt}'", f"seed={seed}", f"steps={steps}", f"guidance={guidance}"],
                 )
-                images = result.images
-                # The API exposes images as a list or as a method returning one; accept both.
-                return (images() if callable(images) else images)[0]
+                return result.images()[0]
 
             return generate, "sdflow.api.run_workflow('text2img')"
     from diffusers import StableDiffusionPipeline
