@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from .engine import (ComponentCache, Plan, Problem, RunContext, ValidationError,
 from .nodes.images import pixels_to_pil
 from .nodes.types import Images
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = ROOT / "conf"
-WORKFLOWS_DIR = ROOT / "workflows"
+PACKAGE = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE / "conf"  # shipped inside the package: a wheel install finds them too
+WORKFLOWS_DIR = PACKAGE / "workflows"
 log = logging.getLogger("sdflow")
 
 
@@ -46,16 +47,29 @@ class RunResult:
         return []
 
 
+def workflow_dirs() -> list[Path]:
+    """Folders searched for workflow names: the user's own (``SDFLOW_WORKFLOW_PATH``, os.pathsep-separated) first."""
+    users = [Path(p).expanduser() for p in os.environ.get("SDFLOW_WORKFLOW_PATH", "").split(os.pathsep) if p]
+    return users + [WORKFLOWS_DIR]
+
+
 def workflow_path(name_or_path: str) -> Path:
-    """A workflow name (``text2img``) from workflows/, or a path to a user's own file."""
+    """A workflow name (``text2img``) from the workflow folders, or a path to a user's own file.
+
+    Only something that looks like a path (a ``.yaml``/``.yml`` suffix or a ``/``) is read as one, so a
+    folder named ``chain`` in the current directory never shadows the built-in ``chain`` workflow.
+    """
     candidate = Path(name_or_path).expanduser()
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists() or "/" in name_or_path:
+    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path:
         return candidate
+    for folder in workflow_dirs():
+        if (folder / f"{name_or_path}.yaml").is_file():
+            return folder / f"{name_or_path}.yaml"
     return WORKFLOWS_DIR / f"{name_or_path}.yaml"
 
 
 def available_workflows() -> list[str]:
-    return sorted(p.stem for p in WORKFLOWS_DIR.glob("*.yaml"))
+    return sorted({p.stem for folder in workflow_dirs() for p in folder.glob("*.yaml")})
 
 
 def quote_text_values(overrides: list[str]) -> list[str]:
@@ -76,13 +90,13 @@ def quote_text_values(overrides: list[str]) -> list[str]:
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The Hydra config for ``overrides``, composed from conf/ exactly as the CLI would."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = quote_text_values(list(overrides or []))
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config", overrides=list(overrides or []))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    with initialize_config_module(config_module="sdflow.conf", version_base=None):
         return compose(config_name="config", overrides=list(overrides or []))
 
 

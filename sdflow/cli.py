@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .api import CONF_DIR, compose_config, plan_workflow, quote_text_values, run_plan
+from .api import compose_config, plan_workflow, quote_text_values, run_plan
 from .engine import WorkflowError, process_cache
 
 log = logging.getLogger("sdflow")
@@ -65,7 +65,7 @@ class SweepGrid(Callback):
             log.info("sweep grid: %s", image_grid(folder))
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+@hydra.main(config_path="pkg://sdflow.conf", config_name="config", version_base=None)
 def run_job(config: DictConfig) -> None:
     output_dir = HydraConfig.get().runtime.output_dir
     plan = plan_workflow(config)

@@ -35,7 +35,7 @@ def test_multirun_sweep_of_four_jobs_loads_each_weight_once(tmp_path):
 
 def test_broken_workflow_exits_non_zero_and_creates_no_folder(tmp_path):
     flow = tmp_path / "broken.yaml"
-    source = open(os.path.join(os.path.dirname(__file__), "..", "workflows", "text2img.yaml")).read()
+    source = open(os.path.join(os.path.dirname(__file__), "..", "sdflow", "workflows", "text2img.yaml")).read()
     flow.write_text(source.replace("type: denoise", "type: denoize").replace("steps: ${steps}", "steps: -3"))
     run = sdflow(tmp_path, f"workflow={flow}")
     assert run.returncode != 0

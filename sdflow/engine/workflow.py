@@ -186,7 +186,7 @@ def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None)
             if selected is _MISSING:
                 problems.append(workflow.problem(node_id, field_name,
                                                  f"'${{{key}}}' is not in the config; pass it on the command line "
-                                                 f"({key}=...) or add it to conf/config.yaml"))
+                                                 f"({key}=...) or add it to sdflow/conf/config.yaml"))
                 return value
             if isinstance(selected, DictConfig) or OmegaConf.is_config(selected):
                 selected = OmegaConf.to_container(selected, resolve=True)
