@@ -21,6 +21,8 @@ def _param_text(param) -> str:
     if param.min is not None or param.max is not None:
         bits.append(f"range [{'' if param.min is None else param.min}, {'' if param.max is None else param.max}]")
     bits.append("required" if param.default is REQUIRED else f"default {param.default!r}")
+    if param.per_image:
+        bits.append("per image: one value, or a list with one per image")
     return "; ".join(bits)
 
 

@@ -67,6 +67,21 @@ def test_latent_upscale_batch_of_two_seeds_matches(pipes, tmp_path):
     assert_parity(ours[:1], theirs[:1], diffusers_chain(pipes, [6], 9.0))
 
 
+def test_prompt_list_through_both_stages_matches_the_pipelines_given_the_list(pipes, tmp_path):
+    prompts = ["a lighthouse at dusk", "a red circle"]
+    sd, upscaler = pipes
+
+    def theirs(texts):
+        gens = generators([5, 11])
+        low_res = sd(texts, num_inference_steps=3, height=64, width=64, generator=gens, output_type="latent").images
+        return upscaler(prompt=texts, image=low_res, num_inference_steps=3, guidance_scale=9.0, generator=gens,
+                        output_type="np").images
+
+    listed = "[" + ",".join(f'"{p}"' for p in prompts) + "]"
+    _, ours = sdflow_chain([f"prompt={listed}", "seed=[5,11]", "upscale_guidance=9.0"], tmp_path)
+    assert_parity(ours, theirs(prompts), theirs([prompts[0], "a blue square"]))
+
+
 def test_upscaler_depends_on_its_low_res_latents(pipes):
     """Guard against a blind test: the output must follow the latents it upscales, not just the seed."""
     _, upscaler = pipes

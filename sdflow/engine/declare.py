@@ -37,6 +37,8 @@ class Param:
     """A literal parameter with its type, default and allowed range or choices.
 
     ``type`` is one of int, float, str, bool, or ``"seeds"`` (an int or a list of ints).
+    ``per_image``: the value may also be a non-empty list, one element per image of the batch (a single
+    value, or a list of one, applies to every image); the images' count comes from their seeds.
     """
 
     type: Any
@@ -46,6 +48,7 @@ class Param:
     max: float | None = None
     choices: tuple | None = None
     nullable: bool = False
+    per_image: bool = False
 
     @property
     def required(self) -> bool:

@@ -22,7 +22,8 @@ class RunContext:
     """What a running node may use besides its fields: device, cache, output folder, run record.
 
     ``record`` collects what makes the run reproducible (model sources, seeds, versions); nodes add to
-    it and the save node writes it into each image.
+    it and the save node writes it into each image. ``per_image`` maps ``"node.param"`` to the value of
+    every per-image parameter as given (one value, or a list with one per image): see per_image_values.
     """
 
     cache: ComponentCache
@@ -34,6 +35,8 @@ class RunContext:
     node_id: str = ""
     used_outputs: set[str] = field(default_factory=set)
     workflow_file: str = ""
+    per_image: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False  # runtime.compile: loaders hand out compiled modules (compiled once per process)
 
     def needs(self, output: str) -> bool:
         """Whether another node reads this node's ``output`` (so it may skip making unused ones)."""
@@ -44,8 +47,26 @@ class RunContext:
         return tqdm(iterable, total=total, desc=desc or self.node_id, disable=not self.progress, leave=False)
 
 
+def per_image_values(plan: Plan) -> dict[str, Any]:
+    """``{"node.param": value}`` for every per-image parameter of ``plan`` but seeds (which travel with the images).
+
+    A value is as the plan gives it: one for every image, or a list with one per image.
+    """
+    return {f"{node_id}.{name}": plan.nodes[node_id].params[name]
+            for node_id in plan.order for name, param in plan.nodes[node_id].spec.params.items()
+            if param.per_image and param.type != "seeds" and name in plan.nodes[node_id].params}
+
+
+def value_for_image(value: Any, index: int) -> Any:
+    """The element of a per-image value that belongs to image ``index`` (a single value belongs to all)."""
+    if not isinstance(value, list):
+        return value
+    return value[0] if len(value) == 1 else value[index] if index < len(value) else None
+
+
 def execute(plan: Plan, ctx: RunContext) -> dict[str, dict[str, Any]]:
     """Run every node of ``plan``; returns each node's outputs keyed by node id."""
+    ctx.per_image = per_image_values(plan)
     results: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}
     for node_id in plan.order:

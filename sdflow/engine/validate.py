@@ -7,7 +7,7 @@ mismatches, cycles, out-of-range parameters, then each node's own static check),
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -63,18 +63,61 @@ class CheckContext:
         self._nodes = plan_nodes
         self.used_outputs: set[str] = set()  # outputs of this node that other nodes read
 
-    def problem(self, field_name: str | None, message: str) -> None:
-        self._problems.append(self.workflow.problem(self.node_id, field_name, message))
+    def problem(self, field_name: str | None, message: str, node: str | None = None) -> None:
+        """Report ``message`` against a field of this node, or of ``node`` (e.g. where a bad list was given).
+
+        Several checks may find the same fault (two denoise steps reading one prompt list): it is reported once.
+        """
+        found = self.workflow.problem(node or self.node_id, field_name, message)
+        if found not in self._problems:
+            self._problems.append(found)
 
     def source_of(self, input_name: str) -> str | None:
         """The ``node.output`` wired into ``input_name``, for messages that name both nodes."""
         ref = self._nodes[self.node_id].inputs.get(input_name)
         return str(ref) if ref else None
 
+    def config_hint(self, field_name: str, node: str | None = None) -> str:
+        """Where a field's value came from, when it came from the config: ' (it comes from ${key}: ...)'."""
+        return _config_hint(self.workflow, node or self.node_id, field_name)
+
+    def per_image_lengths(self, params: dict[str, Any]) -> dict[str, int]:
+        """Lengths of this node's per-image parameters given as lists (seeds excluded: they set the count)."""
+        spec = self._nodes[self.node_id].spec
+        return {name: len(value) for name, value in params.items()
+                if name in spec.params and spec.params[name].per_image and spec.params[name].type != "seeds"
+                and isinstance(value, list)}
+
+    def check_per_image_count(self, params: dict[str, Any], count: int | None, why: str) -> None:
+        """Report each per-image list of this node whose length is neither ``count`` nor 1; ``why`` explains count."""
+        if not count:
+            return
+        for name, length in self.per_image_lengths(params).items():
+            if length not in (1, count):
+                self.count_problem(name, count, length, why)
+
+    def count_problem(self, field_name: str, count: int, given: int, why: str, node: str | None = None) -> None:
+        """Report a per-image list of ``given`` values where ``count`` images (or one value for all) were expected."""
+        expected = (f"expected {count} values (one per image: {why}) or a single value for all" if count != 1 else
+                    f"expected a single value ({why}; more seeds make more images)")
+        self.problem(field_name, f"{expected}, given a list of {given}{self.config_hint(field_name, node)}", node=node)
+
 
 def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             "seeds": "an integer seed or a list of integer seeds"}.get(tp, str(tp))
+
+
+def _param_type_name(param: Param) -> str:
+    if param.per_image and param.type != "seeds":
+        return f"{_type_name(param.type)}, or a list of them (one per image)"
+    return _type_name(param.type)
+
+
+def _config_hint(workflow: Workflow, node_id: str, field_name: str) -> str:
+    entry = workflow.nodes.get(node_id)
+    key = entry.config_keys.get(field_name) if entry is not None else None
+    return f" (it comes from ${{{key}}}: set it on the command line, {key}=...)" if key else ""
 
 
 def _given(value) -> str:
@@ -98,8 +141,20 @@ def _looks_numeric(text: str) -> bool:
 def check_param(param: Param, value) -> str | None:
     """Return why ``value`` does not fit ``param``, or None. Catches YAML traps like ``"20"`` and ``no``."""
     if value is None:
-        return None if param.nullable else f"expected {_type_name(param.type)}, given nothing (null)"
+        return None if param.nullable else f"expected {_param_type_name(param)}, given nothing (null)"
     tp = param.type
+    if isinstance(value, list) and tp != "seeds":
+        if not param.per_image:
+            return (f"expected {_type_name(tp)}, given {_given(value)} (one value for the whole batch: "
+                    "this parameter does not take a list per image)")
+        if not value:
+            return f"expected {_param_type_name(param)}, given an empty list"
+        single = replace(param, per_image=False)
+        for index, element in enumerate(value):
+            reason = check_param(single, element)
+            if reason:
+                return f"list element {index} ({element!r}): {reason}"
+        return None
     if tp == "seeds":
         seeds = value if isinstance(value, list) else [value]
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
@@ -163,11 +218,8 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
                 inputs[name] = Ref(*value.split("."))
             elif name in spec.params:
                 reason = check_param(spec.params[name], value)
-                if reason:
-                    key = entry.config_keys.get(name)
-                    if key:  # the value came from the config: say where to change it
-                        reason += f" (it comes from ${{{key}}}: set it on the command line, {key}=...)"
-                    problems.append(workflow.problem(entry.id, name, reason))
+                if reason:  # a value from the config: say where to change it
+                    problems.append(workflow.problem(entry.id, name, reason + _config_hint(workflow, entry.id, name)))
                 params[name] = value
             else:
                 known = list(spec.inputs) + list(spec.params)
@@ -181,7 +233,7 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
             if name not in entry.fields:
                 if param.required:
                     problems.append(workflow.problem(entry.id, name, f"missing parameter '{name}' "
-                                                     f"({_type_name(param.type)})"))
+                                                     f"({_param_type_name(param)})"))
                 else:
                     params[name] = param.default
         planned[entry.id] = PlannedNode(entry.id, spec, params, inputs)

@@ -8,22 +8,14 @@ stabilityai/stable-diffusion-x4-upscaler (its tiny config follows diffusers' own
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from .clip_vocab import end_token_id, write_clip_tokenizer_files
-from .tiny_sd2 import build_tiny_sd2
-from .tiny_variation import build_tiny_variation
-from .tiny_sdxl import build_tiny_sdxl, build_tiny_sdxl_refiner
-from .tiny_latent_upscale import build_tiny_latent_upscaler
-from .tiny_ldm3d import build_tiny_ldm3d
-from .tiny_inpaint import build_tiny_inpaint
-from .tiny_depth import build_tiny_depth
 
 BUILD_VERSION = 1  # bump when a config below changes, so cached builds are rebuilt
 
@@ -85,6 +77,7 @@ def make_tokenizer(folder: Path, words=TINY_WORDS):
 
 
 def make_text_encoder(tokenizer, eos_id: int, seed: int, hidden_size: int = 32, projection_dim: int | None = None):
+    import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -97,6 +90,7 @@ def make_text_encoder(tokenizer, eos_id: int, seed: int, hidden_size: int = 32, 
 
 
 def make_vae(seed: int, block_out_channels=(32, 64), scaling_factor: float = 0.18215):
+    import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -117,6 +111,7 @@ def make_vae(seed: int, block_out_channels=(32, 64), scaling_factor: float = 0.1
 
 
 def make_unet(seed: int, in_channels: int = 4, cross_attention_dim: int = 32, sample_size: int = 32):
+    import torch
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -129,6 +124,7 @@ def make_unet(seed: int, in_channels: int = 4, cross_attention_dim: int = 32, sa
 
 
 def make_upscaler_unet(seed: int):
+    import torch
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -194,12 +190,24 @@ def build_tiny_upscaler(folder: Path, seed: int = 10) -> Path:
                                             "low_res_scheduler": UPSCALER_LOW_RES_SCHEDULER_CONFIG})
 
 
+def _built_by(module: str, function: str):
+    """A builder from another module, imported only when a model is built (builders import torch)."""
+
+    def build(folder: Path) -> Path:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), function)(folder)
+
+    return build
+
+
 BUILDERS = {"tiny": build_tiny_sd, "tiny-x4": build_tiny_upscaler}
-BUILDERS["tiny-sd2"] = build_tiny_sd2
-BUILDERS["tiny-variation"] = build_tiny_variation
-BUILDERS.update({"tiny-sdxl": build_tiny_sdxl, "tiny-sdxl-refiner": build_tiny_sdxl_refiner})
-BUILDERS.update({"tiny-latent-upscale": build_tiny_latent_upscaler, "tiny-ldm3d": build_tiny_ldm3d})
-BUILDERS.update({"tiny-inpaint": build_tiny_inpaint, "tiny-depth": build_tiny_depth})
+BUILDERS["tiny-sd2"] = _built_by("tiny_sd2", "build_tiny_sd2")
+BUILDERS["tiny-variation"] = _built_by("tiny_variation", "build_tiny_variation")
+BUILDERS.update({"tiny-sdxl": _built_by("tiny_sdxl", "build_tiny_sdxl"),
+                 "tiny-sdxl-refiner": _built_by("tiny_sdxl", "build_tiny_sdxl_refiner")})
+BUILDERS.update({"tiny-latent-upscale": _built_by("tiny_latent_upscale", "build_tiny_latent_upscaler"),
+                 "tiny-ldm3d": _built_by("tiny_ldm3d", "build_tiny_ldm3d")})
+BUILDERS.update({"tiny-inpaint": _built_by("tiny_inpaint", "build_tiny_inpaint"),
+                 "tiny-depth": _built_by("tiny_depth", "build_tiny_depth")})
 
 
 def builtin_model(name: str) -> Path:

@@ -3,14 +3,15 @@
 Read it beside ``StableDiffusionPipeline.__call__``: set timesteps (cut by img2img strength), start
 from noise or from noised image latents, then per step scale the input, predict noise for both CFG
 halves in one batch, combine, and let the scheduler step.
+
+Prompts and guidance may differ per image: embeddings hold one row for all images or one per image,
+and ``guidance`` may be a list. An image whose guidance is <= 1 gets the text prediction alone, as
+diffusers gives it with CFG off, even when others in its batch use CFG.
 """
 
 from __future__ import annotations
 
 import inspect
-
-import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..engine import Input, Param, RunContext, node
 from .types import (CONDITION, EMBEDDINGS, GUIDANCE, LATENTS, SCHEDULER, UNET, Condition, Embeddings, GuidanceRule,
@@ -60,6 +61,8 @@ def start_timesteps(scheduler, denoising_start: float):
 
 def added_conditioning(embeddings: Embeddings, condition: Condition | None, batch: int, do_cfg: bool) -> dict | None:
     """SDXL's added_cond_kwargs: pooled text embeddings and time ids, [uncond, cond] halves like the prompt's."""
+    import torch
+
     time_ids = condition.time_ids if condition is not None else None
     if embeddings.positive_pooled is None and time_ids is None:
         return None
@@ -69,6 +72,23 @@ def added_conditioning(embeddings: Embeddings, condition: Condition | None, batc
         text_embeds = torch.cat([embeddings.negative_pooled.expand(batch, -1), text_embeds])
         ids = torch.cat([negative_ids.expand(batch, -1), ids])
     return {"text_embeds": text_embeds, "time_ids": ids}
+
+
+def guidance_scales(guidance: float | list[float], batch: int, dtype, device):
+    """(scale, any_cfg, cfg_off): the CFG scale, one float or per-image scales as an [N, 1, 1, 1] tensor;
+    whether any image uses CFG (if none, the unconditional half is skipped); and, when only some do, an
+    [N, 1, 1, 1] bool tensor of the images whose guidance <= 1 turns CFG off (else None)."""
+    import torch
+
+    scales = guidance if isinstance(guidance, list) else [guidance]
+    if len(scales) not in (1, batch):
+        raise ValueError(f"{len(scales)} guidance values for {batch} images: give one for all, or one per image")
+    on = [g > 1.0 for g in scales]
+    if len(set(scales)) == 1:
+        return scales[0], on[0], None  # one scale for all: exactly the single-image arithmetic
+    scale = torch.tensor(scales, dtype=dtype, device=device).view(-1, 1, 1, 1)
+    cfg_off = None if all(on) else torch.tensor([not o for o in on], device=device).view(-1, 1, 1, 1)
+    return scale, any(on), cfg_off
 
 
 def step_kwargs(scheduler, generators, eta: float) -> dict:
@@ -82,11 +102,31 @@ def step_kwargs(scheduler, generators, eta: float) -> dict:
     return kwargs
 
 
+def per_batch(rows, batch: int, what: str):
+    """[K, ...] rows for a batch of ``batch`` images: one row is shared (a view), K == batch is used as is."""
+    if rows.shape[0] not in (1, batch):
+        raise ValueError(f"{rows.shape[0]} {what} for {batch} images: give one for all, or one per image")
+    return rows.expand(batch, *rows.shape[1:])
+
+
+def check_image_counts(params, embeddings: dict, latents: dict, ctx) -> None:
+    """Per-image lists (prompts in the embeddings, this node's guidance) must have one value per image, or one."""
+    count = latents.get("count")
+    if not count:
+        return
+    why = f"'{ctx.source_of('latents')}' holds {count} image{'s' if count != 1 else ''}, one per seed"
+    given = embeddings.get("count") or 1
+    if given not in (1, count) and embeddings.get("count_field"):  # reported where the list was given
+        ctx.count_problem(embeddings["count_field"], count, given, why, node=ctx.source_of("embeddings").split(".")[0])
+    ctx.check_per_image_count(params, count, why)
+
+
 def check_denoise(params, inputs_meta, ctx):
     unet = inputs_meta.get("unet") or {}
     embeddings = inputs_meta.get("embeddings") or {}
     latents = inputs_meta.get("latents") or {}
     condition = inputs_meta.get("condition") or {}
+    check_image_counts(params, embeddings, latents, ctx)
     if unet and embeddings.get("dim") and unet.get("cross_attention_dim") not in (None, embeddings["dim"]):
         ctx.problem("embeddings", f"the UNet from '{ctx.source_of('unet')}' attends to {unet['cross_attention_dim']}-wide "
                     f"text embeddings, but '{ctx.source_of('embeddings')}' gives {embeddings['dim']}-wide ones "
@@ -144,7 +184,8 @@ def check_denoise(params, inputs_meta, ctx):
     outputs={"latents": LATENTS},
     params={
         "steps": Param(int, 30, min=1, max=1000, doc="scheduler steps for the full schedule"),
-        "guidance": Param(float, 7.5, min=0.0, max=100.0, doc="classifier-free guidance scale; <= 1 turns CFG off"),
+        "guidance": Param(float, 7.5, min=0.0, max=100.0, doc="classifier-free guidance scale; <= 1 turns CFG off",
+                          per_image=True),
         "strength": Param(float, 1.0, min=0.0, max=1.0, doc="img2img: how much of the schedule to run on the image"),
         "eta": Param(float, 0.0, min=0.0, max=1.0, doc="DDIM eta (ignored by schedulers without it)"),
         "guidance_rescale": Param(float, 0.0, min=0.0, max=1.0, doc="rescale guided noise (fixes overexposure)"),
@@ -157,14 +198,18 @@ def check_denoise(params, inputs_meta, ctx):
 )
 def denoise(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: Latents, condition: Condition | None,
             guidance_rule: GuidanceRule | None,
-            steps: int, guidance: float, strength: float, eta: float, guidance_rescale: float,
+            steps: int, guidance: float | list[float], strength: float, eta: float, guidance_rescale: float,
             denoising_start: float | None = None, denoising_end: float | None = None):
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
     scheduler = type(scheduler).from_config(scheduler.config)  # fresh state: schedulers count their steps
     batch = latents.samples.shape[0]
-    do_cfg = guidance > 1.0 and unet.config.time_cond_proj_dim is None
-    text = embeddings.positive.expand(batch, -1, -1)
+    scale, any_cfg, cfg_off = guidance_scales(guidance, batch, unet.dtype, ctx.device)
+    do_cfg = any_cfg and unet.config.time_cond_proj_dim is None
+    text = per_batch(embeddings.positive, batch, "prompt embeddings")
     if do_cfg:
-        text = torch.cat([embeddings.negative.expand(batch, -1, -1), text])
+        text = torch.cat([per_batch(embeddings.negative, batch, "negative prompt embeddings"), text])
     added_cond = added_conditioning(embeddings, condition, batch, do_cfg)
     # A guidance rule may add conditionings (batched after [uncond, text]) and combines the predictions;
     # start() gives it fresh state (e.g. momentum) for this run.
@@ -213,11 +258,13 @@ def denoise(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: L
         if do_cfg:
             noise_uncond, noise_text, *noise_extra = noise_pred.chunk(2 + len(extra))
             if combine is None:
-                noise_pred = noise_uncond + guidance * (noise_text - noise_uncond)
+                noise_pred = noise_uncond + scale * (noise_text - noise_uncond)
             else:
-                noise_pred = combine(i, noise_uncond, noise_text, noise_extra, guidance)
+                noise_pred = combine(i, noise_uncond, noise_text, noise_extra, scale)
             if guidance_rescale > 0.0:
                 noise_pred = rescale_noise_cfg(noise_pred, noise_text, guidance_rescale)
+            if cfg_off is not None:  # images with CFG off: the text prediction alone, as made on their own
+                noise_pred = torch.where(cfg_off, noise_text, noise_pred)
         x = scheduler.step(noise_pred, t, x, **extra_step, return_dict=False)[0]
         if blend is not None:  # legacy inpainting: outside the mask, the image noised to the next timestep
             keep = blend.image_latents

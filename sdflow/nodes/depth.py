@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..engine import Input, Param, RunContext, node
 from .images import pixels_to_pil
 from .types import CONDITION, DEPTH_ESTIMATOR, IMAGE, IMAGE_PROCESSOR, LATENTS, Condition, Images, Latents
+
+if TYPE_CHECKING:
+    import torch
 
 HINT = ("'{node}' adds a depth channel, which only a depth UNet takes (5 input channels): load a depth model "
         "(model=tiny_depth, model=sd2_depth)")
@@ -23,6 +26,8 @@ HINT = ("'{node}' adds a depth channel, which only a depth UNet takes (5 input c
 
 def read_depth_map(path: str) -> torch.Tensor:
     """A depth image file as [1, H, W] float32 (larger = nearer, like DPT); 16-bit and float files keep their range."""
+    import torch
+
     with Image.open(Path(path).expanduser()) as img:
         img.load()
         if img.mode in ("I", "I;16", "I;16B", "F"):
@@ -64,6 +69,8 @@ def check_depth_condition(params, inputs_meta, ctx):
     check=check_depth_condition,
 )
 def depth_condition(ctx: RunContext, image: Images, latents: Latents, depth_estimator, feature_extractor, depth_map):
+    import torch
+
     if depth_map is not None:
         depth = read_depth_map(depth_map).to(ctx.device)
     else:

@@ -1,15 +1,25 @@
-"""encode_prompt: CLIP text embeddings of a prompt and its negative, for classifier-free guidance."""
+"""encode_prompt: CLIP text embeddings of a prompt and its negative, for classifier-free guidance.
+
+Either may be a list, one text per image; each distinct text is encoded once.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from ..engine import Input, Param, RunContext, node
-from .types import EMBEDDINGS, TEXT_ENCODER, TOKENIZER, Embeddings
+from .types import EMBEDDINGS, TEXT_ENCODER, TOKENIZER, Embeddings, broadcast_lists
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
 
 
 def embed_text(text_encoder, tokenizer, text: str, device: str) -> torch.Tensor:
     """[1, max_length, dim] hidden states, tokenized exactly as diffusers' pipelines do."""
+    import torch
+
     ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt")
     attention_mask = None
@@ -19,9 +29,32 @@ def embed_text(text_encoder, tokenizer, text: str, device: str) -> torch.Tensor:
         return text_encoder(ids.input_ids.to(device), attention_mask=attention_mask)[0]
 
 
+def encode_distinct(texts: list[str], encode: Callable[[str], T]) -> tuple[list[T], int]:
+    """``encode(text)`` for every text, each distinct text encoded once; also how many encodes ran."""
+    done: dict[str, T] = {}
+    for text in texts:
+        if text not in done:
+            done[text] = encode(text)
+    return [done[text] for text in texts], len(done)
+
+
+def prompt_list_facts(params, ctx) -> dict:
+    """How many images a node's per-image prompt lists speak for: ``{"count": K, "count_field": longest list}``.
+
+    Lists of the node must agree (each K long, or one for all); the consumer checks K against its images.
+    """
+    lengths = ctx.per_image_lengths(params)
+    if not lengths:
+        return {"count": 1}
+    longest = max(lengths, key=lengths.get)
+    ctx.check_per_image_count(params, lengths[longest], f"'{longest}' is a list of {lengths[longest]}")
+    return {"count": lengths[longest], "count_field": longest}
+
+
 def check_encode_prompt(params, inputs_meta, ctx):
     encoder = inputs_meta.get("text_encoder") or {}
-    return {"embeddings": {"dim": encoder.get("hidden_size"), "from": ctx.source_of("text_encoder")}}
+    return {"embeddings": {"dim": encoder.get("hidden_size"), "from": ctx.source_of("text_encoder"),
+                           **prompt_list_facts(params, ctx)}}
 
 
 @node(
@@ -30,13 +63,21 @@ def check_encode_prompt(params, inputs_meta, ctx):
     inputs={"text_encoder": Input(TEXT_ENCODER), "tokenizer": Input(TOKENIZER)},
     outputs={"embeddings": EMBEDDINGS},
     params={
-        "prompt": Param(str, doc="what to draw"),
-        "negative_prompt": Param(str, "", doc="what to steer away from; empty is the plain unconditional prompt"),
+        "prompt": Param(str, doc="what to draw", per_image=True),
+        "negative_prompt": Param(str, "", doc="what to steer away from; empty is the plain unconditional prompt",
+                                 per_image=True),
     },
     check=check_encode_prompt,
 )
-def encode_prompt(ctx: RunContext, text_encoder, tokenizer, prompt: str, negative_prompt: str):
-    positive = embed_text(text_encoder, tokenizer, prompt, ctx.device)
-    negative = embed_text(text_encoder, tokenizer, negative_prompt, ctx.device)
-    ctx.record.setdefault("prompts", {})[ctx.node_id] = {"prompt": prompt, "negative_prompt": negative_prompt}
-    return {"embeddings": Embeddings(positive.to(text_encoder.dtype), negative.to(text_encoder.dtype), prompt, negative_prompt)}
+def encode_prompt(ctx: RunContext, text_encoder, tokenizer, prompt: str | list[str], negative_prompt: str | list[str]):
+    import torch
+
+    texts = broadcast_lists(prompt=prompt, negative_prompt=negative_prompt)
+    count = len(texts["prompt"])
+    embedded, encodes = encode_distinct(texts["prompt"] + texts["negative_prompt"],
+                                        lambda text: embed_text(text_encoder, tokenizer, text, ctx.device))
+    positive, negative = torch.cat(embedded[:count]), torch.cat(embedded[count:])
+    ctx.record.setdefault("prompts", {})[ctx.node_id] = {"prompt": prompt, "negative_prompt": negative_prompt,
+                                                         "texts_encoded": encodes}
+    return {"embeddings": Embeddings(positive.to(text_encoder.dtype), negative.to(text_encoder.dtype),
+                                     texts["prompt"], texts["negative_prompt"])}

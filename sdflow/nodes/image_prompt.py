@@ -7,8 +7,6 @@ half of classifier-free guidance is all zeros.
 
 from __future__ import annotations
 
-import torch
-
 from ..engine import Input, RunContext, node
 from .images import pixels_to_pil
 from .load_model import MISSING_COMPONENT_HINTS
@@ -29,6 +27,8 @@ def check_encode_image_prompt(params, inputs_meta, ctx):
     check=check_encode_image_prompt,
 )
 def encode_image_prompt(ctx: RunContext, image_encoder, feature_extractor, image: Images):
+    import torch
+
     if image_encoder is None or feature_extractor is None:
         raise ValueError("the model has no image encoder; this workflow needs "
                          + MISSING_COMPONENT_HINTS["image_encoder"])
@@ -39,4 +39,4 @@ def encode_image_prompt(ctx: RunContext, image_encoder, feature_extractor, image
     with torch.no_grad():
         embeds = image_encoder(pixel_values.to(device=image_encoder.device, dtype=image_encoder.dtype)).image_embeds
     positive = embeds.unsqueeze(1)
-    return {"embeddings": Embeddings(positive, torch.zeros_like(positive), prompt="", negative_prompt="")}
+    return {"embeddings": Embeddings(positive, torch.zeros_like(positive), prompts=[""], negative_prompts=[""])}

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, UnidentifiedImageError
 
 from ..engine import Input, Param, RunContext, node
-from .types import IMAGE, LATENTS, VAE, Images, Latents, generators_for, seeds_list
+from .types import IMAGE, LATENTS, VAE, Images, Latents, check_seed_batch, generators_for, seeds_list
 from .vae_facts import check_image_fits_vae, latent_channels
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pil_to_pixels(image: Image.Image) -> torch.Tensor:
     """[1, 3, H, W] float32 in [0, 1], exactly as diffusers' image processor reads a PIL image."""
+    import torch
+
     array = np.array(image.convert("RGB")).astype(np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 
@@ -45,7 +49,7 @@ def check_load_image(params, inputs_meta, ctx):
         ctx.problem("path", f"'{params['path']}' is not a readable image ({exc})")
         return {}
     width, height = params.get("width") or size[0], params.get("height") or size[1]
-    return {"image": {"width": width, "height": height}}
+    return {"image": {"width": width, "height": height, "count": 1}}
 
 
 @node(
@@ -69,7 +73,10 @@ def load_image(ctx: RunContext, path: str, width, height):
 def check_encode_image(params, inputs_meta, ctx):
     vae, image = inputs_meta.get("vae") or {}, inputs_meta.get("image") or {}
     check_image_fits_vae(ctx, image, vae)
-    return {"latents": {"kind": "image", "channels": latent_channels(vae) if vae else None,
+    check_seed_batch(params, ctx)
+    images = image.get("count") or 1
+    count = len(seeds_list(params["seed"], max(params["batch_size"], images)))
+    return {"latents": {"kind": "image", "channels": latent_channels(vae) if vae else None, "count": count,
                         "scaling_factor": vae.get("scaling_factor") if vae else None, "from": ctx.source_of("vae")}}
 
 
@@ -79,12 +86,16 @@ def check_encode_image(params, inputs_meta, ctx):
     inputs={"vae": Input(VAE), "image": Input(IMAGE)},
     outputs={"latents": LATENTS},
     params={
-        "seed": Param("seeds", doc="one seed per output image; its generator also draws the img2img noise"),
+        "seed": Param("seeds", doc="one seed per output image; its generator also draws the img2img noise",
+                      per_image=True),
         "batch_size": Param(int, 1, min=1, max=256, doc="images when seed is a single int"),
     },
     check=check_encode_image,
 )
 def encode_image(ctx: RunContext, vae, image: Images, seed, batch_size: int):
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
     seeds = seeds_list(seed, max(batch_size, image.pixels.shape[0]))
     pixels = image.pixels
     if pixels.shape[0] != len(seeds):
@@ -114,7 +125,7 @@ def check_decode(params, inputs_meta, ctx):
             ctx.problem("vae", f"latents from '{ctx.source_of('latents')}' assume VAE scaling {latents['scaling_factor']} "
                         f"but the VAE from '{ctx.source_of('vae')}' uses {vae['scaling_factor']}: wire the VAE that "
                         "made (or will make) these latents")
-    return {"image": {}}
+    return {"image": {"count": latents.get("count")}}
 
 
 @node(
@@ -125,6 +136,8 @@ def check_decode(params, inputs_meta, ctx):
     check=check_decode,
 )
 def decode(ctx: RunContext, vae, latents: Latents):
+    import torch
+
     with torch.no_grad():
         decoded = vae.decode(latents.samples.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
     pixels = (decoded / 2 + 0.5).clamp(0, 1)

@@ -10,14 +10,15 @@ strength < 1), then the starting noise, then the masked-image latents.
 
 from __future__ import annotations
 
-import torch
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils.torch_utils import randn_tensor
+from typing import TYPE_CHECKING
 
 from ..engine import Input, Param, RunContext, node
-from .types import (CONDITION, IMAGE, LATENTS, MASK, VAE, Condition, Images, Latents, Mask, MaskBlend, generators_for,
-                    seeds_list)
+from .types import (CONDITION, IMAGE, LATENTS, MASK, VAE, Condition, Images, Latents, Mask, MaskBlend, check_seed_batch,
+                    generators_for, seeds_list)
 from .vae_facts import check_image_fits_vae, latent_channels
+
+if TYPE_CHECKING:
+    import torch
 
 HINTS = {
     "concat": "'{node}' prepares a 9-channel inpainting UNet's inputs (mode concat): load an inpainting model "
@@ -35,10 +36,13 @@ def check_inpaint_condition(params, inputs_meta, ctx):
                     f"from '{ctx.source_of('image')}' is {image['width']}x{image['height']}; give them the same size "
                     "(load_image/load_mask width and height)")
     check_image_fits_vae(ctx, image, vae)
+    check_seed_batch(params, ctx)
     channels = latent_channels(vae) if vae else None
     strength = params["strength"]
+    count = len(seeds_list(params["seed"], max(params["batch_size"], image.get("count") or 1)))
     return {
         "latents": {"kind": "noise" if strength == 1.0 else "image", "channels": channels, "strength": strength,
+                    "count": count,
                     "scaling_factor": vae.get("scaling_factor") if vae else None, "from": ctx.source_of("vae")},
         "condition": {"channels": 1 + channels if params["mode"] == "concat" and channels else 0,
                       "hint": HINTS[params["mode"]].format(node=ctx.node_id)},
@@ -47,6 +51,8 @@ def check_inpaint_condition(params, inputs_meta, ctx):
 
 def sample_latents(vae, pixels: torch.Tensor, generators) -> torch.Tensor:
     """VAE latents of each image sampled with its own generator, scaled (the pipeline's _encode_vae_image)."""
+    import torch
+
     with torch.no_grad():
         samples = torch.cat([vae.encode(pixels[i : i + 1]).latent_dist.sample(g) for i, g in enumerate(generators)])
     return samples * vae.config.scaling_factor
@@ -63,13 +69,17 @@ def sample_latents(vae, pixels: torch.Tensor, generators) -> torch.Tensor:
                       doc="concat: 9-channel inpainting UNet; blend: plain 4-channel UNet (legacy inpainting)"),
         "strength": Param(float, 1.0, min=0.0, max=1.0,
                           doc="1.0 starts from pure noise; below, from the noised image (give denoise the same)"),
-        "seed": Param("seeds", doc="one seed per output image"),
+        "seed": Param("seeds", doc="one seed per output image", per_image=True),
         "batch_size": Param(int, 1, min=1, max=256, doc="images when seed is a single int"),
     },
     check=check_inpaint_condition,
 )
 def inpaint_condition(ctx: RunContext, vae, image: Images, mask: Mask, mode: str, strength: float, seed,
                       batch_size: int):
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+    from diffusers.utils.torch_utils import randn_tensor
+
     seeds = seeds_list(seed, max(batch_size, image.pixels.shape[0]))
     pixels, masks = image.pixels, mask.pixels
     if pixels.shape[-2:] != masks.shape[-2:]:

@@ -12,12 +12,15 @@ a text2img ``denoise`` (nothing is decoded), and differs from the SD loop in fou
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
+from typing import TYPE_CHECKING
 
 from ..engine import Input, Param, RunContext, node
-from .types import LATENTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, Latents
+from .denoise import per_batch
+from .encode_prompt import encode_distinct
+from .types import LATENTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, Latents, broadcast_lists
+
+if TYPE_CHECKING:
+    import torch
 
 # The pipeline's noise-level embedding: it always conditions on noise level 0 as [ones(64), zeros(64)].
 NOISE_LEVEL_EMBED_DIM = 128
@@ -25,6 +28,8 @@ NOISE_LEVEL_EMBED_DIM = 128
 
 def encode_pooled(text_encoder, tokenizer, text: str, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """([1, tokens, dim] last layer's hidden states, [1, dim] pooled output), as the pipeline's encode_prompt."""
+    import torch
+
     ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     with torch.no_grad():
@@ -37,6 +42,10 @@ def check_latent_upscale(params, inputs_meta, ctx):
     encoder = inputs_meta.get("text_encoder") or {}
     latents = inputs_meta.get("latents") or {}
     out = {"latents": {**latents, "kind": "denoised"}}
+    if latents.get("count"):
+        count = latents["count"]
+        ctx.check_per_image_count(params, count, f"'{ctx.source_of('latents')}' holds {count} "
+                                  f"image{'s' if count != 1 else ''}, one per seed")
     if unet.get("in_channels") is not None and unet.get("time_cond_proj_dim") is None:
         ctx.problem("unet", f"the UNet from '{ctx.source_of('unet')}' ({unet.get('source')}) takes no timestep condition, so it is not a "
                     "latent upscaler UNet; point model.latent_upscaler at stabilityai/sd-x2-latent-upscaler "
@@ -73,26 +82,33 @@ def check_latent_upscale(params, inputs_meta, ctx):
     },
     outputs={"latents": LATENTS},
     params={
-        "prompt": Param(str, doc="what the image shows; guidance 0 replaces it with the empty prompt, as diffusers does"),
-        "negative_prompt": Param(str, "", doc="the unconditional half of CFG"),
+        "prompt": Param(str, doc="what the image shows; guidance 0 replaces it with the empty prompt, as diffusers does",
+                        per_image=True),
+        "negative_prompt": Param(str, "", doc="the unconditional half of CFG", per_image=True),
         "steps": Param(int, 75, min=1, max=1000, doc="Euler steps"),
         "guidance": Param(float, 9.0, min=0.0, max=100.0, doc="classifier-free guidance scale; <= 1 turns CFG off"),
     },
     check=check_latent_upscale,
 )
-def latent_upscale(ctx: RunContext, unet, scheduler, text_encoder, tokenizer, latents: Latents, prompt: str,
-                   negative_prompt: str, steps: int, guidance: float):
+def latent_upscale(ctx: RunContext, unet, scheduler, text_encoder, tokenizer, latents: Latents, prompt: str | list[str],
+                   negative_prompt: str | list[str], steps: int, guidance: float):
+    import torch
+    import torch.nn.functional as F
+    from diffusers.utils.torch_utils import randn_tensor
+
     scheduler = type(scheduler).from_config(scheduler.config)  # fresh state: schedulers count their steps
     batch = latents.samples.shape[0]
     do_cfg = guidance > 1.0
-    if guidance == 0:
-        prompt = ""  # the pipeline drops the prompt at guidance 0
-    text, pooled = encode_pooled(text_encoder, tokenizer, prompt, ctx.device)
-    text, pooled = text.expand(batch, -1, -1), pooled.expand(batch, -1)
+    texts = broadcast_lists(prompt="" if guidance == 0 else prompt,  # the pipeline drops the prompt at guidance 0
+                            negative_prompt=negative_prompt)
+    count = len(texts["prompt"])
+    encoded, _ = encode_distinct(texts["prompt"] + (texts["negative_prompt"] if do_cfg else []),
+                                 lambda text: encode_pooled(text_encoder, tokenizer, text, ctx.device))
+    text = per_batch(torch.cat([hidden for hidden, _ in encoded[:count]]), batch, "prompts")
+    pooled = per_batch(torch.cat([p for _, p in encoded[:count]]), batch, "prompts")
     if do_cfg:
-        negative, negative_pooled = encode_pooled(text_encoder, tokenizer, negative_prompt, ctx.device)
-        text = torch.cat([negative.expand(batch, -1, -1), text])
-        pooled = torch.cat([negative_pooled.expand(batch, -1), pooled])
+        text = torch.cat([per_batch(torch.cat([hidden for hidden, _ in encoded[count:]]), batch, "negative prompts"), text])
+        pooled = torch.cat([per_batch(torch.cat([p for _, p in encoded[count:]]), batch, "negative prompts"), pooled])
     dtype = text.dtype
 
     image = latents.samples.to(device=ctx.device, dtype=dtype)
@@ -133,6 +149,7 @@ def latent_upscale(ctx: RunContext, unet, scheduler, text_encoder, tokenizer, la
         # No generator: diffusers passes none here (Euler draws noise only when s_churn > 0).
         x = scheduler.step(denoised, t, x, return_dict=False)[0]
 
-    ctx.record.setdefault("latent_upscale", {})[ctx.node_id] = {"steps": steps, "guidance": guidance, "prompt": prompt,
+    ctx.record.setdefault("latent_upscale", {})[ctx.node_id] = {"steps": steps, "guidance": guidance,
+                                                               "prompt": "" if guidance == 0 else prompt,
                                                                "negative_prompt": negative_prompt}
     return {"latents": Latents(x, latents.seeds, latents.generators, "denoised", latents.scaling_factor)}

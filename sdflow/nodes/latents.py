@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from diffusers.utils.torch_utils import randn_tensor
-
 from ..engine import Input, Param, RunContext, node
-from .types import LATENTS, VAE, Latents, generators_for, seeds_list
+from .types import LATENTS, VAE, Latents, check_seed_batch, generators_for, seeds_list
 from .vae_facts import latent_channels, vae_scale_factor
 
 
 def check_init_latents(params, inputs_meta, ctx):
     vae = inputs_meta.get("vae") or {}
+    check_seed_batch(params, ctx)
+    count = len(seeds_list(params["seed"], params["batch_size"]))
     if not vae:
-        return {"latents": {"kind": "noise"}}
+        return {"latents": {"kind": "noise", "count": count}}
     factor = vae_scale_factor(vae)
     for name in ("width", "height"):
         if params[name] % factor:
             ctx.problem(name, f"must be a multiple of {factor} (this VAE's downscale factor), given {params[name]}")
     return {"latents": {"kind": "noise", "channels": latent_channels(vae), "scaling_factor": vae.get("scaling_factor"),
-                        "from": ctx.source_of("vae")}}
+                        "from": ctx.source_of("vae"), "count": count}}
 
 
 @node(
@@ -29,12 +29,14 @@ def check_init_latents(params, inputs_meta, ctx):
     params={
         "width": Param(int, 512, min=8, max=8192),
         "height": Param(int, 512, min=8, max=8192),
-        "seed": Param("seeds", doc="one seed, or a list of seeds (one image each)"),
+        "seed": Param("seeds", doc="one seed, or a list of seeds (one image each)", per_image=True),
         "batch_size": Param(int, 1, min=1, max=256, doc="images when seed is a single int: seed, seed+1, ..."),
     },
     check=check_init_latents,
 )
 def init_latents(ctx: RunContext, vae, width: int, height: int, seed, batch_size: int):
+    from diffusers.utils.torch_utils import randn_tensor
+
     seeds = seeds_list(seed, batch_size)
     generators = generators_for(seeds, "cpu")  # CPU generators: the same image on every device
     factor = 2 ** (len(vae.config.block_out_channels) - 1)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 
-import torch
-
 from ..engine import ModelSourceError, Param, RunContext, node
 from ..models.sources import ModelSource, SourceError, resolve_source
 from .types import (DEPTH_ESTIMATOR, IMAGE_ENCODER, IMAGE_PROCESSOR, SAFETY_CHECKER, SCHEDULER, TEXT_ENCODER,
@@ -20,7 +18,7 @@ ALLOWED_CLASSES = {
                      "CLIPVisionModelWithProjection", "DPTForDepthEstimation", "DPTImageProcessor",
                      "DPTImageProcessorPil", "DPTFeatureExtractor"},
 }
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # names of torch dtypes a run may load weights in
 # Components that are torch modules: moved to the run's device and dtype. The rest are CPU objects.
 MODULE_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder", "depth_estimator",
                      "safety_checker")
@@ -83,21 +81,45 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
     if cls is None:
         return None
     is_module = component in MODULE_COMPONENTS
-    key = (source.location, component, ctx.dtype if is_module else "-", ctx.device if is_module else "-")
+    compiled = ctx.compile and component in COMPILED_COMPONENTS
+    key = (source.location, component, ctx.dtype if is_module else "-", ctx.device if is_module else "-") + (
+        ("compiled",) if compiled else ())
 
     def load():
         kwargs = {"subfolder": component}
         if hasattr(cls, "set_timesteps"):
             return cls.from_pretrained(source.location, **kwargs)
         if is_module:
-            kwargs["torch_dtype"] = DTYPES[ctx.dtype]
+            if ctx.dtype not in DTYPES:
+                raise ValueError(f"dtype '{ctx.dtype}' is not one of {', '.join(DTYPES)}")
+            import torch
+
+            kwargs["torch_dtype"] = getattr(torch, ctx.dtype)
             # Safetensors only, unless the user opts in: a pickle checkpoint can run code when loaded.
             kwargs["use_safetensors"] = None if allow_pickle else True  # None: safetensors first, then pickle
             model = cls.from_pretrained(source.location, **kwargs)
-            return model.to(ctx.device).eval().requires_grad_(False)
+            model = model.to(ctx.device).eval().requires_grad_(False)
+            return compile_module(model, component, ctx.device) if compiled else model
         return cls.from_pretrained(source.location, **kwargs)
 
     return ctx.cache.get(key, load)
+
+
+# runtime.compile: the UNet (every denoise step) and the VAE's decoder. The compiled module is cached like
+# any other component, so every later batch and job of the process reuses it (compiling once per shape).
+COMPILED_COMPONENTS = ("unet", "vae")
+
+
+def compile_module(model, component: str, device: str):
+    """torch.compile the part that runs hot; channels_last first on CUDA, where convolutions prefer it."""
+    import torch
+
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    if component == "vae":
+        model.decoder = torch.compile(model.decoder)
+        return model
+    return torch.compile(model)
 
 
 def check_load_model(params, inputs_meta, ctx):

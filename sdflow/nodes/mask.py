@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..engine import Param, RunContext, node
@@ -30,6 +29,8 @@ def check_load_mask(params, inputs_meta, ctx):
     check=check_load_mask,
 )
 def load_mask(ctx: RunContext, path: str, width, height):
+    import torch
+
     with Image.open(Path(path).expanduser()) as img:
         img.load()
         mask = img.copy()

@@ -7,8 +7,6 @@ depth = the last one. The shared ``decode`` node stays RGB-only; this one has th
 
 from __future__ import annotations
 
-import torch
-
 from ..engine import Input, RunContext, node
 from .types import IMAGE, LATENTS, VAE, Images, Latents
 from .vae_facts import latent_channels
@@ -27,7 +25,7 @@ def check_decode_rgbd(params, inputs_meta, ctx):
     elif vae and latents.get("channels") and latent_channels(vae) and latents["channels"] != latent_channels(vae):
         ctx.problem("latents", f"latents from '{ctx.source_of('latents')}' have {latents['channels']} channels but the "
                     f"VAE from '{ctx.source_of('vae')}' decodes {latent_channels(vae)}")
-    return {"image": {"channels": 3}, "depth": {"channels": 1}}
+    return {"image": {"channels": 3, "count": latents.get("count")}, "depth": {"channels": 1, "count": latents.get("count")}}
 
 
 @node(
@@ -38,6 +36,8 @@ def check_decode_rgbd(params, inputs_meta, ctx):
     check=check_decode_rgbd,
 )
 def decode_rgbd(ctx: RunContext, vae, latents: Latents):
+    import torch
+
     with torch.no_grad():
         decoded = vae.decode(latents.samples.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
     pixels = (decoded / 2 + 0.5).clamp(0, 1)

@@ -8,12 +8,14 @@ is pushed away from the concept, with momentum, once the warm-up steps are past.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..engine import Input, Param, RunContext, node
 from .encode_prompt import embed_text
 from .types import GUIDANCE, TEXT_ENCODER, TOKENIZER
+
+if TYPE_CHECKING:
+    import torch
 
 # The concept StableDiffusionPipelineSafe steers away from unless told otherwise.
 DEFAULT_CONCEPT = ("an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity,"
@@ -41,6 +43,8 @@ class SafeLatentGuidance:
         return [self.concept] if self.enabled else []
 
     def start(self):
+        import torch
+
         momentum = None
 
         def combine(step: int, noise_uncond, noise_text, noise_extra, guidance: float):

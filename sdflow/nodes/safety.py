@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 
 from ..engine import Input, Param, RunContext, node
 from .images import pixels_to_pil
@@ -14,14 +13,21 @@ from .types import IMAGE, SAFETY_CHECKER, Images, SafetyChecker
 log = logging.getLogger("sdflow.safety")
 
 
+def check_safety_check(params, inputs_meta, ctx):
+    return {"image": inputs_meta.get("image") or {}}  # the same images, some perhaps blacked out
+
+
 @node(
     "safety_check",
     "Check images with the model's safety checker; flagged images are reported and blacked out or kept.",
     inputs={"image": Input(IMAGE), "safety_checker": Input(SAFETY_CHECKER, "none for models without one")},
     outputs={"image": IMAGE},
     params={"flagged": Param(str, "black", choices=("black", "keep"), doc="what to do with a flagged image")},
+    check=check_safety_check,
 )
 def safety_check(ctx: RunContext, image: Images, safety_checker: SafetyChecker | None, flagged: str):
+    import torch
+
     report = ctx.record.setdefault("safety", {})
     if safety_checker is None:
         log.info("%s: the model has no safety checker; safety check skipped", ctx.node_id)

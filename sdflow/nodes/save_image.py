@@ -11,6 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..engine import Input, Param, RunContext, node
+from ..engine.execute import value_for_image
 from .images import pixels_to_pil
 from .types import IMAGE, Images
 
@@ -38,7 +39,8 @@ def gray16_to_pil(pixels) -> list:
 
 @node(
     "save_image",
-    "Save images as PNG in the run folder, with the resolved workflow, seeds, models and versions in text chunks.",
+    "Save images as PNG in the run folder, with the resolved workflow, models, versions and each image's own seed, "
+    "prompt and guidance in text chunks.",
     inputs={"image": Input(IMAGE)},
     params={"prefix": Param(str, "image", doc="file name prefix: PREFIX_INDEX_seedSEED.png")},
 )
@@ -55,8 +57,11 @@ def save_image(ctx: RunContext, image: Images, prefix: str):
         name = f"{prefix}_{index:03d}" + (f"_seed{seed}" if seed is not None else "") + ".png"
         metadata = {k: v for k, v in ctx.record.items() if k not in ("saved", "timings_s")}
         chunks = {
-            "sdflow": json.dumps({**metadata, "image": {"node": ctx.node_id, "index": index, "seed": seed,
-                                                        "flagged": bool(image.flagged[index]) if image.flagged else None}},
+            "sdflow": json.dumps({**metadata, "image": {
+                "node": ctx.node_id, "index": index, "seed": seed,
+                "flagged": bool(image.flagged[index]) if image.flagged else None,
+                # this image's own value of every per-image parameter ("node.param"), e.g. its prompt
+                "values": {key: value_for_image(value, index) for key, value in ctx.per_image.items()}}},
                                  sort_keys=True),
             "sdflow_workflow": ctx.record.get("workflow_yaml", ""),
         }

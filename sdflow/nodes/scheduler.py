@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import diffusers
-
 from ..engine import Input, Param, RunContext, node
 from .types import SCHEDULER
 
@@ -25,17 +23,42 @@ ALIASES = {
 }
 
 
+# diffusers' scheduler classes, written out so that validation and `sdflow --help` need not import diffusers
+# (seconds); tests/test_imports.py checks it against diffusers_scheduler_classes(), so it cannot drift.
+SCHEDULER_CLASSES = (
+    "AmusedScheduler", "BlockRefinementScheduler", "CMStochasticIterativeScheduler", "CogVideoXDDIMScheduler",
+    "CogVideoXDPMScheduler", "CosineDPMSolverMultistepScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler",
+    "DDIMScheduler", "DDPMParallelScheduler", "DDPMScheduler", "DDPMWuerstchenScheduler", "DEISMultistepScheduler",
+    "DPMSolverMultistepInverseScheduler", "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler",
+    "DPMSolverSinglestepScheduler", "DiscreteDDIMScheduler", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler",
+    "EntropyBoundScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeliosDMDScheduler",
+    "HeliosScheduler", "HeunDiscreteScheduler", "IPNDMScheduler", "KDPM2AncestralDiscreteScheduler",
+    "KDPM2DiscreteScheduler", "KarrasVeScheduler", "LCMScheduler", "LMSDiscreteScheduler",
+    "LTXEulerAncestralRFScheduler", "MiniMaxH3Scheduler", "PNDMScheduler", "PiflowScheduler",
+    "RFD4ProteinaScheduler", "RePaintScheduler", "SASolverScheduler", "SCMScheduler", "ScoreSdeVeScheduler",
+    "TCDScheduler", "UnCLIPScheduler", "UniPCMultistepScheduler",
+)
+
+
+def diffusers_scheduler_classes() -> list[str]:
+    """The scheduler classes the installed diffusers offers (not flow-matching, Flax or VQ ones); imports diffusers."""
+    import diffusers
+
+    return sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and n != "SchedulerMixin"
+                  and "Flow" not in n and not n.startswith(("Flax", "VQ")))
+
+
 def scheduler_names() -> list[str]:
     """Every name the ``name`` parameter accepts: aliases, 'model', and diffusers' scheduler classes."""
-    classes = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and n != "SchedulerMixin"
-                     and "Flow" not in n and not n.startswith(("Flax", "VQ")))
-    return ["model"] + sorted(ALIASES) + classes
+    return ["model"] + sorted(ALIASES) + list(SCHEDULER_CLASSES)
 
 
 def scheduler_class(name: str):
     """The diffusers scheduler class for ``name`` (an alias or a class name); None for 'model'."""
     if name == "model":
         return None
+    import diffusers
+
     return getattr(diffusers, ALIASES.get(name, name))
 
 

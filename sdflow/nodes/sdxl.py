@@ -8,16 +8,18 @@ ids (sizes, crop, aesthetic score) that the UNet's "text_time" added embedding r
 
 from __future__ import annotations
 
-import torch
-
 from ..engine import Input, Param, RunContext, node
-from .types import CONDITION, EMBEDDINGS, TEXT_ENCODER, TOKENIZER, UNET, Condition, Embeddings
+from .encode_prompt import encode_distinct, prompt_list_facts
+from .types import (CONDITION, EMBEDDINGS, TEXT_ENCODER, TOKENIZER, UNET, Condition, Embeddings, broadcast_lists,
+                    per_image_list)
 
 NEEDS_SDXL = "an SDXL model: model=tiny_sdxl (built in), model=sdxl, or model.path=/path/to/an/sdxl/folder"
 
 
 def encode_sdxl_text(text_encoders, tokenizers, text: str, device: str):
     """[1, 77, sum of widths] penultimate hidden states and the [1, dim] pooled embedding of the last encoder."""
+    import torch
+
     hidden, pooled = [], None
     for encoder, tokenizer in zip(text_encoders, tokenizers):
         ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -34,13 +36,15 @@ def check_encode_prompt_sdxl(params, inputs_meta, ctx):
     first, second = inputs_meta.get("text_encoder") or {}, inputs_meta.get("text_encoder_2") or {}
     if (ctx.source_of("text_encoder") is None) != (ctx.source_of("tokenizer") is None):
         ctx.problem("tokenizer", "wire text_encoder and tokenizer together, or neither (an SDXL refiner has only the second)")
+    counts = prompt_list_facts(params, ctx)
     if not second:
-        return {"embeddings": {}}
+        return {"embeddings": counts}
     dim = (first.get("hidden_size") or 0) + (second.get("hidden_size") or 0)
     return {"embeddings": {"dim": dim or None, "pooled_dim": second.get("projection_dim"),
-                           "from": ctx.source_of("text_encoder_2"),
+                           "from": ctx.source_of("text_encoder_2"), **counts,
                            # sdxl_condition checks these against the model of the UNet they will condition
-                           "force_zeros": params["force_zeros_for_empty_prompt"], "empty_negative": not params["negative_prompt"]}}
+                           "force_zeros": params["force_zeros_for_empty_prompt"],
+                           "empty_negative": not all(per_image_list(params["negative_prompt"]))}}
 
 
 @node(
@@ -54,27 +58,35 @@ def check_encode_prompt_sdxl(params, inputs_meta, ctx):
     },
     outputs={"embeddings": EMBEDDINGS},
     params={
-        "prompt": Param(str, doc="what to draw"),
-        "negative_prompt": Param(str, "", doc="what to steer away from"),
+        "prompt": Param(str, doc="what to draw", per_image=True),
+        "negative_prompt": Param(str, "", doc="what to steer away from", per_image=True),
         "force_zeros_for_empty_prompt": Param(bool, True, doc="an empty negative prompt gives zero embeddings, as "
                                               "the model's model_index.json says (SDXL base: true, refiner: false)"),
     },
     check=check_encode_prompt_sdxl,
 )
-def encode_prompt_sdxl(ctx: RunContext, text_encoder, tokenizer, text_encoder_2, tokenizer_2, prompt: str,
-                       negative_prompt: str, force_zeros_for_empty_prompt: bool):
+def encode_prompt_sdxl(ctx: RunContext, text_encoder, tokenizer, text_encoder_2, tokenizer_2, prompt: str | list[str],
+                       negative_prompt: str | list[str], force_zeros_for_empty_prompt: bool):
+    import torch
+
     if text_encoder_2 is None or tokenizer_2 is None:
         raise ValueError(f"the model has no second text encoder; this workflow needs {NEEDS_SDXL}")
     encoders = [e for e in (text_encoder, text_encoder_2) if e is not None]
     tokenizers = [t for t in (tokenizer, tokenizer_2) if t is not None]
-    positive, pooled = encode_sdxl_text(encoders, tokenizers, prompt, ctx.device)
-    if force_zeros_for_empty_prompt and not negative_prompt:
-        negative, negative_pooled = torch.zeros_like(positive), torch.zeros_like(pooled)
-    else:
-        negative, negative_pooled = encode_sdxl_text(encoders, tokenizers, negative_prompt, ctx.device)
+    texts = broadcast_lists(prompt=prompt, negative_prompt=negative_prompt)
+    count = len(texts["prompt"])
+    # An empty negative is zeros when the model says so, image by image (as that image made alone).
+    zeroed = [force_zeros_for_empty_prompt and not text for text in texts["negative_prompt"]]
+    encoded, encodes = encode_distinct(texts["prompt"] + [t for t, z in zip(texts["negative_prompt"], zeroed) if not z],
+                                       lambda text: encode_sdxl_text(encoders, tokenizers, text, ctx.device))
+    positives, encoded_negatives = encoded[:count], iter(encoded[count:])
+    negatives = [tuple(map(torch.zeros_like, positives[0])) if z else next(encoded_negatives) for z in zeroed]
+    positive, pooled = torch.cat([h for h, _ in positives]), torch.cat([p for _, p in positives])
+    negative, negative_pooled = torch.cat([h for h, _ in negatives]), torch.cat([p for _, p in negatives])
     dtype = text_encoder_2.dtype
-    ctx.record.setdefault("prompts", {})[ctx.node_id] = {"prompt": prompt, "negative_prompt": negative_prompt}
-    return {"embeddings": Embeddings(positive.to(dtype), negative.to(dtype), prompt, negative_prompt,
+    ctx.record.setdefault("prompts", {})[ctx.node_id] = {"prompt": prompt, "negative_prompt": negative_prompt,
+                                                         "texts_encoded": encodes}
+    return {"embeddings": Embeddings(positive.to(dtype), negative.to(dtype), texts["prompt"], texts["negative_prompt"],
                                      positive_pooled=pooled.to(dtype), negative_pooled=negative_pooled.to(dtype))}
 
 
@@ -137,6 +149,8 @@ def check_sdxl_condition(params, inputs_meta, ctx):
     check=check_sdxl_condition,
 )
 def sdxl_condition(ctx: RunContext, unet, embeddings: Embeddings, **params):
+    import torch
+
     positive, negative = time_id_lists(params)
     given = unet.config.addition_time_embed_dim * len(positive) + embeddings.positive_pooled.shape[-1]
     if given != unet.add_embedding.linear_1.in_features:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..engine import PortType
+
+if TYPE_CHECKING:  # the values hold tensors, but validation (which only needs the port types) never imports torch
+    import torch
 
 UNET = PortType("UNET", "a denoising UNet (UNet2DConditionModel)")
 VAE = PortType("VAE", "a variational autoencoder (AutoencoderKL)")
@@ -28,13 +29,14 @@ MASK = PortType("MASK", "a batch of one-channel masks in [0, 1] (inpainting: whi
 
 @dataclass
 class Embeddings:
-    """Text embeddings for one prompt: ``positive`` and ``negative`` are [1, tokens, dim]."""
+    """Text embeddings: ``positive`` and ``negative`` are [K, tokens, dim], K = 1 (one prompt for every image)
+    or one row per image; ``prompts`` and ``negative_prompts`` are the K texts encoded."""
 
     positive: torch.Tensor
     negative: torch.Tensor | None
-    prompt: str
-    negative_prompt: str
-    # SDXL: the second text encoder's pooled [1, dim] embeddings, for the UNet's "text_time" added embedding.
+    prompts: list[str]
+    negative_prompts: list[str]
+    # SDXL: the second text encoder's pooled [K, dim] embeddings, for the UNet's "text_time" added embedding.
     positive_pooled: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
 
@@ -66,6 +68,10 @@ class Images:
     pixels: torch.Tensor
     seeds: list[int]
     flagged: list[bool] = field(default_factory=list)
+
+    def take(self, start: int, stop: int) -> Images:
+        """Images ``start`` to ``stop`` (exclusive) of the batch, with their seeds and flags."""
+        return Images(self.pixels[start:stop], self.seeds[start:stop], self.flagged[start:stop])
 
 
 @dataclass
@@ -111,11 +117,13 @@ class GuidanceRule(Protocol):
     ``extra_embeddings`` ([1, tokens, dim] each) are predicted in the same UNet batch after [uncond, text];
     ``start()`` returns, once per run, ``combine(step_index, noise_uncond, noise_text, noise_extra, guidance)``
     giving the guided noise, so state such as momentum never carries over from one run to the next.
+    ``guidance`` is one scale, or an [N, 1, 1, 1] tensor of per-image scales.
     """
 
     extra_embeddings: list[torch.Tensor]
 
-    def start(self) -> Callable[[int, torch.Tensor, torch.Tensor, list[torch.Tensor], float], torch.Tensor]: ...
+    def start(self) -> Callable[[int, torch.Tensor, torch.Tensor, list[torch.Tensor], float | torch.Tensor],
+                                torch.Tensor]: ...
 
 
 @dataclass
@@ -133,6 +141,33 @@ def seeds_list(seed: int | list[int], batch_size: int = 1) -> list[int]:
     return [seed + i for i in range(batch_size)]
 
 
+def check_seed_batch(params: dict, ctx) -> None:
+    """A seed list with batch_size != 1 gives two answers to 'how many images?': refuse it rather than pick one."""
+    seed, batch_size = params["seed"], params["batch_size"]
+    if isinstance(seed, list) and batch_size != 1:
+        ctx.problem("batch_size", f"conflicting settings: seed is a list of {len(seed)} seeds (one image each) and "
+                    f"batch_size is {batch_size}; drop one: give the seeds as a list (seed=[1,2,3]), or one seed "
+                    f"with batch_size (seed=1 batch_size=3){ctx.config_hint('batch_size')}")
+
+
+def per_image_list(value) -> list:
+    """A per-image value as a list: a single value is a list of one (it applies to every image)."""
+    return list(value) if isinstance(value, list) else [value]
+
+
+def broadcast_lists(**values) -> dict[str, list]:
+    """Per-image values as lists of one common length K (lists of one are repeated); raises if lengths disagree."""
+    lists = {name: per_image_list(value) for name, value in values.items()}
+    count = max(len(v) for v in lists.values())
+    for name, items in lists.items():
+        if len(items) not in (1, count):
+            given = ", ".join(f"{n}: {len(v)}" for n, v in lists.items())
+            raise ValueError(f"per-image lists of different lengths ({given}); give each one value or {count}")
+    return {name: items * count if len(items) == 1 else items for name, items in lists.items()}
+
+
 def generators_for(seeds: list[int], device: str) -> list[torch.Generator]:
     """One generator per image, never a shared one."""
+    import torch
+
     return [torch.Generator(device=device).manual_seed(s) for s in seeds]

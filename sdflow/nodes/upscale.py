@@ -7,10 +7,6 @@ class embedding. Both random draws come from each image's generator, image noise
 
 from __future__ import annotations
 
-import torch
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils.torch_utils import randn_tensor
-
 from ..engine import Input, Param, RunContext, node
 from .types import CONDITION, IMAGE, LATENTS, SCHEDULER, VAE, Condition, Images, Latents, generators_for, seeds_list
 from .vae_facts import latent_channels
@@ -24,9 +20,11 @@ def check_upscale_condition(params, inputs_meta, ctx):
         ctx.problem("noise_level", f"this upscaler accepts noise levels up to {max_level}, given {params['noise_level']}")
     vae = inputs_meta.get("vae") or {}
     image_channels = 3
+    images = (inputs_meta.get("image") or {}).get("count")
+    count = len(params["seed"]) if isinstance(params["seed"], list) else images
     return {
         "condition": {"channels": image_channels},
-        "latents": {"kind": "noise", "channels": latent_channels(vae) if vae else None,
+        "latents": {"kind": "noise", "channels": latent_channels(vae) if vae else None, "count": count,
                     "scaling_factor": vae.get("scaling_factor") if vae else None},
     }
 
@@ -39,11 +37,15 @@ def check_upscale_condition(params, inputs_meta, ctx):
     outputs={"condition": CONDITION, "latents": LATENTS},
     params={
         "noise_level": Param(int, 20, min=0, max=1000, doc="how much noise to add to the low-res image"),
-        "seed": Param("seeds", doc="one seed per image"),
+        "seed": Param("seeds", doc="one seed per image", per_image=True),
     },
     check=check_upscale_condition,
 )
 def upscale_condition(ctx: RunContext, image: Images, low_res_scheduler, vae, noise_level: int, seed):
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+    from diffusers.utils.torch_utils import randn_tensor
+
     seeds = seeds_list(seed, image.pixels.shape[0])
     pixels = image.pixels
     if pixels.shape[0] != len(seeds):
