@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from . import nodes as _register_nodes  # noqa: F401  (importing registers the node types)
-from .engine import (ComponentCache, Plan, Problem, RunContext, ValidationError, execute, load_workflow,
-                     process_cache, resolve_interpolations, validate)
-from .nodes.images import pixels_to_pil
+from .engine import (NO_RESOLVERS, ComponentCache, Plan, Problem, RunContext, ValidationError, execute, load_workflow,
+                     process_cache, resolve_interpolations, resolver_in, validate)
 from .nodes.types import Images
+from .runtime_env import configure_threads, plan_weight_bytes
+from .workflows import WORKFLOWS_DIR, available_workflows, workflow_path  # noqa: F401  (re-exported)
 
-PACKAGE = Path(__file__).resolve().parent
-CONF_DIR = PACKAGE / "conf"  # shipped inside the package: a wheel install finds them too
-WORKFLOWS_DIR = PACKAGE / "workflows"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package: a wheel install finds it too
 log = logging.getLogger("sdflow")
 
 
@@ -39,37 +37,14 @@ class RunResult:
 
     def images(self, node: str | None = None) -> list:
         """PIL images of ``node``'s IMAGE output (default: the last node in order that produced images)."""
+        from .nodes.images import pixels_to_pil
+
         candidates = [node] if node else list(reversed(self.plan.order))
         for node_id in candidates:
             for value in self.outputs.get(node_id, {}).values():
                 if isinstance(value, Images):
                     return pixels_to_pil(value.pixels)
         return []
-
-
-def workflow_dirs() -> list[Path]:
-    """Folders searched for workflow names: the user's own (``SDFLOW_WORKFLOW_PATH``, os.pathsep-separated) first."""
-    users = [Path(p).expanduser() for p in os.environ.get("SDFLOW_WORKFLOW_PATH", "").split(os.pathsep) if p]
-    return users + [WORKFLOWS_DIR]
-
-
-def workflow_path(name_or_path: str) -> Path:
-    """A workflow name (``text2img``) from the workflow folders, or a path to a user's own file.
-
-    Only something that looks like a path (a ``.yaml``/``.yml`` suffix or a ``/``) is read as one, so a
-    folder named ``chain`` in the current directory never shadows the built-in ``chain`` workflow.
-    """
-    candidate = Path(name_or_path).expanduser()
-    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path:
-        return candidate
-    for folder in workflow_dirs():
-        if (folder / f"{name_or_path}.yaml").is_file():
-            return folder / f"{name_or_path}.yaml"
-    return WORKFLOWS_DIR / f"{name_or_path}.yaml"
-
-
-def available_workflows() -> list[str]:
-    return sorted({p.stem for folder in workflow_dirs() for p in folder.glob("*.yaml")})
 
 
 def quote_text_values(overrides: list[str]) -> list[str]:
@@ -88,16 +63,39 @@ def quote_text_values(overrides: list[str]) -> list[str]:
     return quoted
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The Hydra config for ``overrides``, composed from conf/ exactly as the CLI would."""
+def check_command_line(overrides: list[str]) -> None:
+    """Command-line values follow the workflow files' rules: no resolver may reach the environment or run code.
+
+    (``prompt='${oc.env:AWS_SECRET}'`` would otherwise be resolved and written into PNGs and logs.)
+    Hydra's own settings (``hydra.*``) may use Hydra's resolvers, e.g. ``${now:...}`` in a run folder.
+    """
+    problems = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        resolver = resolver_in(value) if sep else None
+        if resolver and not key.lstrip("+~").startswith("hydra"):
+            problems.append(Problem("command line", None, key.lstrip("+~"), f"'{resolver}': {NO_RESOLVERS}"))
+    if problems:
+        raise ValidationError(problems)
+
+
+def compose_config(overrides: list[str] | None = None, config_dirs: list[str] = ()) -> DictConfig:
+    """The Hydra config for ``overrides``, composed from sdflow/conf exactly as the CLI would.
+
+    ``config_dirs``: the user's own config folders (the CLI's ``--config-dir``), searched as Hydra does.
+    """
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = quote_text_values(list(overrides or []))
+    check_command_line(overrides)
+    if config_dirs:
+        folders = ",".join(f"file://{Path(d).resolve()}" for d in config_dirs)
+        overrides = [f"hydra.searchpath=[{folders}]"] + overrides
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=list(overrides or []))
+        return compose(config_name="config", overrides=overrides)
     with initialize_config_module(config_module="sdflow.conf", version_base=None):
-        return compose(config_name="config", overrides=list(overrides or []))
+        return compose(config_name="config", overrides=overrides)
 
 
 def plan_workflow(config: DictConfig) -> Plan:
@@ -115,19 +113,30 @@ def plan_workflow(config: DictConfig) -> Plan:
     return validate(workflow)
 
 
-def prompt_warnings(config: DictConfig) -> list[str]:
-    """Words a model with a closed vocabulary (the shapes default) has never seen: it cannot draw them."""
+def prompt_warnings(config: DictConfig, plan: Plan) -> list[str]:
+    """Words a model with a closed vocabulary (the shapes default) has never seen: it cannot draw them.
+
+    Read from the prompts the plan actually encodes, not the config's ``prompt`` (a workflow may set its own).
+    """
     model = config.get("model") or {}
-    if model.get("vocabulary") != "shapes" or model.get("path") != "builtin:shapes" or not isinstance(
-            config.get("prompt"), str):
+    if model.get("vocabulary") != "shapes" or model.get("path") != "builtin:shapes":
         return []
     from .world.vocabulary import unknown_words, world_words
 
-    unknown = unknown_words(config.prompt)
+    texts = []
+    for planned in plan.nodes.values():
+        for name, value in planned.params.items():
+            if "prompt" in name and planned.spec.params[name].type is str:
+                texts += value if isinstance(value, list) else [value]
+    unknown = list(dict.fromkeys(w for text in texts if isinstance(text, str) for w in unknown_words(text)))
     if not unknown:
         return []
     return [f"the '{model.get('path')}' model cannot draw {', '.join(repr(w) for w in unknown)}: it only knows "
             f"{', '.join(world_words())} (use model=sd15 or model.path=... for open prompts)"]
+
+
+saved_paths: list[Path] = []  # every image this process wrote, for the Ctrl-C report
+_warned: set[str] = set()  # a warning is logged once per process: once per run or per sweep
 
 
 def versions() -> dict[str, str]:
@@ -153,8 +162,8 @@ def resolved_workflow_yaml(plan: Plan) -> str:
 
 
 def run_plan(plan: Plan, config: DictConfig, output_dir: str | Path | None, cache: ComponentCache | None = None,
-             progress: bool = True) -> RunResult:
-    """Execute a validated plan; images go to ``output_dir``."""
+             progress: bool = True, warn: bool = True) -> RunResult:
+    """Execute a validated plan; images go to ``output_dir``. ``warn=False``: record warnings, log none."""
     runtime = config.get("runtime") or {}
     ctx = RunContext(
         cache=cache if cache is not None else process_cache(),
@@ -163,6 +172,7 @@ def run_plan(plan: Plan, config: DictConfig, output_dir: str | Path | None, cach
         output_dir=Path(output_dir) if output_dir is not None else None,
         progress=progress,
         workflow_file=plan.workflow.path,
+        compile=bool(runtime.get("compile", False)),
     )
     ctx.record.update({
         "workflow_file": plan.workflow.path,
@@ -170,10 +180,16 @@ def run_plan(plan: Plan, config: DictConfig, output_dir: str | Path | None, cach
         "versions": versions(),
         "runtime": {"device": ctx.device, "dtype": ctx.dtype},
     })
-    for warning in prompt_warnings(config):
-        log.warning(warning)
+    for warning in prompt_warnings(config, plan):
+        if warn and warning not in _warned:
+            log.warning(warning)
+            _warned.add(warning)
         ctx.record.setdefault("warnings", []).append(warning)
-    outputs = execute(plan, ctx)
+    configure_threads(runtime, plan_weight_bytes(plan))
+    try:
+        outputs = execute(plan, ctx)
+    finally:  # also when a later node fails or Ctrl-C arrives: what was written is said
+        saved_paths.extend(Path(p) for p in ctx.record.get("saved", []))
     return RunResult(outputs, ctx.record, [Path(p) for p in ctx.record.get("saved", [])], plan)
 
 

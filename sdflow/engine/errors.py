@@ -29,7 +29,11 @@ class WorkflowError(Exception):
     """Base of every error sdflow reports about a workflow (exit non-zero, nothing written)."""
 
 
-class ValidationError(WorkflowError):
+class InvalidWorkflow(WorkflowError):
+    """Refused before anything ran (exit status 2): a workflow, a sweep or a command line that cannot run."""
+
+
+class ValidationError(InvalidWorkflow):
     """All problems found before anything ran, reported at once."""
 
     def __init__(self, problems: list[Problem]):

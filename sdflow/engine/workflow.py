@@ -23,6 +23,17 @@ _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 _NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+NO_RESOLVERS = "only plain config keys like ${prompt} or ${model.path} may be interpolated (no resolvers)"
+
+
+def resolver_in(text: str) -> str | None:
+    """The first ``${...}`` of ``text`` that is not a plain config key (a resolver), or None."""
+    for key in _INTERPOLATION.findall(text):
+        if not _PLAIN_KEY.match(key.strip()):
+            return f"${{{key}}}"
+    return None
+
+
 @dataclass
 class NodeEntry:
     """One node as written in the file: its id, type and raw fields, with line numbers."""
@@ -173,12 +184,10 @@ def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None)
         if not isinstance(value, str) or "${" not in value:
             return value
         keys = _INTERPOLATION.findall(value)
-        for key in keys:
-            if not _PLAIN_KEY.match(key.strip()):
-                problems.append(workflow.problem(node_id, field_name,
-                                                 f"'${{{key}}}': only plain config keys like ${{prompt}} or "
-                                                 "${model.path} may be interpolated (no resolvers)"))
-                return value
+        resolver = resolver_in(value)
+        if resolver:
+            problems.append(workflow.problem(node_id, field_name, f"'{resolver}': {NO_RESOLVERS}"))
+            return value
         found = {}
         for key in keys:
             key = key.strip()

@@ -1,0 +1,80 @@
+"""Nothing lost, nothing silent: faults are one line naming the node, runs never share a folder, secrets stay out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from sdflow.cli import claim_folder
+
+
+def sdflow(cwd, *args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SECRET_FOR_TEST": "hunter2"}
+    return subprocess.run([sys.executable, "-m", "sdflow.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    base = str(tmp_path / "outputs" / "12-00-00")
+    assert claim_folder(base) == base
+    assert claim_folder(base) == base  # the same process reads its own folder again
+    os.mkdir(base + "_2")  # another process took the next name meanwhile
+    from sdflow import cli
+
+    cli._claimed.clear()  # as a second process would start
+    assert claim_folder(base) == base + "_3"
+
+
+def test_two_commands_at_once_write_two_images(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "sdflow.cli", "model=tiny", "steps=1", "hydra.run.dir=${sdflow_new_folder:out}"]
+    runs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [r.wait(timeout=300) for r in runs] == [0, 0]
+    assert sorted(p.parent.name for p in tmp_path.rglob("*.png")) == ["out", "out_2"]
+
+
+def test_a_run_time_fault_is_one_line_naming_the_node_and_field(tiny_sd, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    run = sdflow(tmp_path, "model=tiny", f"model.path={broken}", "steps=1")
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr and "Error executing job" not in run.stderr
+    (line,) = [x for x in run.stderr.splitlines() if x.startswith("sdflow: ")]
+    assert "node 'model', field 'source'" in line and "SDFLOW_DEBUG=1" in line
+    debug = subprocess.run([sys.executable, "-m", "sdflow.cli", "model=tiny", f"model.path={broken}", "steps=1"],
+                           cwd=tmp_path, env={**os.environ, "SDFLOW_DEBUG": "1"}, capture_output=True, text=True)
+    assert "Traceback" in debug.stderr
+
+
+def test_a_resolver_on_the_command_line_is_refused_like_in_a_workflow_file(tmp_path):
+    run = sdflow(tmp_path, "model=tiny", "prompt=${oc.env:SECRET_FOR_TEST}")
+    assert run.returncode == 2
+    assert "command line, field 'prompt'" in run.stderr and "no resolvers" in run.stderr
+    assert "hunter2" not in run.stderr + run.stdout
+    assert not list(tmp_path.rglob("*.png")) and not (tmp_path / "outputs").exists()
+    sweep = sdflow(tmp_path, "-m", "model=tiny", "seed=0,1", "negative_prompt=${oc.env:SECRET_FOR_TEST}")
+    assert sweep.returncode == 2 and "hunter2" not in sweep.stderr + sweep.stdout
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_ctrl_c_says_what_was_saved_and_exits_130(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The chain's first image is saved as soon as it exists; a long upscale leaves time to interrupt.
+    run = subprocess.Popen([sys.executable, "-m", "sdflow.cli", "workflow=chain", "model=tiny", "steps=2",
+                            "upscale_steps=400", "hydra.run.dir=out"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(tmp_path.glob("out/2_img2img*.png")) and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert "interrupted; 2 image(s) were saved before it" in stderr
+    assert "1_text2img_000_seed0.png" in stderr and "2_img2img_000_seed0.png" in stderr
+    assert "Traceback" not in stderr
