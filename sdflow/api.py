@@ -5,11 +5,12 @@ The CLI, the tests and the benchmarks all come through here, so they run exactly
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,7 @@ from . import __version__
 from . import nodes as _register_nodes  # noqa: F401  (importing registers the node types)
 from .engine import (NO_RESOLVERS, ComponentCache, Plan, Problem, RunContext, ValidationError, execute, load_workflow,
                      process_cache, resolve_interpolations, resolver_in, validate)
+from .manifest import run_manifest
 from .nodes.types import Images
 from .runtime_env import configure_threads, plan_weight_bytes
 from .workflows import WORKFLOWS_DIR, available_workflows, workflow_path  # noqa: F401  (re-exported)
@@ -47,16 +49,24 @@ class RunResult:
         return []
 
 
+# Free-text config keys: a comma or a bracket in them is text (A1111 weights: "a (red:1.2) circle").
+TEXT_KEYS = ("prompt", "negative_prompt", "safety_concept")
+_SWEEP_FUNCTIONS = ("choice(", "range(", "interval(", "glob(", "sort(", "shuffle(", "tag(")
+
+
 def quote_text_values(overrides: list[str]) -> list[str]:
-    """Quote single-run override values that contain commas, so ``prompt=a cat, blue`` is text.
+    """Quote single-run override values that Hydra's grammar would misread, so ``prompt=a cat, blue`` is text.
 
     Hydra reads an unquoted comma as a sweep and refuses it outside ``-m``; in a single run a comma can
-    only be text. Lists (``seed=[1,2]``) and values the user already quoted are left alone.
+    only be text. A text key's brackets are prompt weighting (``prompt=a (red:1.2) circle``). Lists
+    (``seed=[1,2]``), sweep functions and values the user already quoted are left alone.
     """
     quoted = []
     for override in overrides:
         key, sep, value = override.partition("=")
-        if sep and "," in value and value[:1] not in ("[", "{", "'", '"') and "(" not in value:
+        plain = sep and value[:1] not in ("[", "{", "'", '"') and not value.startswith(_SWEEP_FUNCTIONS)
+        weighted = key.lstrip("+~") in TEXT_KEYS and any(c in value for c in "()[]")
+        if plain and (weighted or ("," in value and "(" not in value)):
             quote = "'" if '"' in value else '"'
             override = f"{key}={quote}{value}{quote}"
         quoted.append(override)
@@ -106,11 +116,21 @@ def plan_workflow(config: DictConfig) -> Plan:
         known = ", ".join(available_workflows())
         raise ValidationError([Problem(str(path), None, None, f"workflow '{name}' not found (built-in workflows: {known}; "
                                        "or give a path to a .yaml file)")])
+    from .nodes.runtime_facts import check_runtime
+
+    # Every problem at once: the runtime's (a GPU that is not there), the interpolations', the workflow's.
+    problems = check_runtime(config.get("runtime") or {})
     workflow = load_workflow(path)
-    problems = resolve_interpolations(workflow, config)
+    unresolved = resolve_interpolations(workflow, config)
+    if unresolved:  # the workflow's own checks need its values
+        raise ValidationError(problems + unresolved)
+    try:
+        plan = validate(workflow)
+    except ValidationError as exc:
+        raise ValidationError(problems + exc.problems) from None
     if problems:
         raise ValidationError(problems)
-    return validate(workflow)
+    return plan
 
 
 def prompt_warnings(config: DictConfig, plan: Plan) -> list[str]:
@@ -161,9 +181,21 @@ def resolved_workflow_yaml(plan: Plan) -> str:
     return yaml.safe_dump({"description": plan.workflow.description, "nodes": nodes}, sort_keys=False)
 
 
+def runtime_compile(runtime) -> bool | str:
+    """``runtime.compile``: false, true, or a torch.compile mode ("reduce-overhead": CUDA graphs; "max-autotune")."""
+    value = runtime.get("compile", False)
+    if value in (None, False, "false", "False"):
+        return False
+    return True if value in (True, "true", "True", "default") else str(value)
+
+
 def run_plan(plan: Plan, config: DictConfig, output_dir: str | Path | None, cache: ComponentCache | None = None,
-             progress: bool = True, warn: bool = True) -> RunResult:
-    """Execute a validated plan; images go to ``output_dir``. ``warn=False``: record warnings, log none."""
+             progress: bool = True, warn: bool = True, on_preview: Callable | None = None) -> RunResult:
+    """Execute a validated plan; images go to ``output_dir``. ``warn=False``: record warnings, log none.
+
+    ``on_preview``: called after every denoise step with a ``sdflow.ui.previews.StepPreview`` (its image every
+    ``preview_every`` steps); without it, ``preview_every > 0`` writes previews into ``output_dir/previews``.
+    """
     runtime = config.get("runtime") or {}
     ctx = RunContext(
         cache=cache if cache is not None else process_cache(),
@@ -172,8 +204,12 @@ def run_plan(plan: Plan, config: DictConfig, output_dir: str | Path | None, cach
         output_dir=Path(output_dir) if output_dir is not None else None,
         progress=progress,
         workflow_file=plan.workflow.path,
-        compile=bool(runtime.get("compile", False)),
+        compile=runtime_compile(runtime),
     )
+    if config.get("preview_every") or on_preview is not None:
+        from .ui.previews import step_callback
+
+        ctx.on_step = step_callback(plan, ctx, config, on_preview)
     ctx.record.update({
         "workflow_file": plan.workflow.path,
         "workflow_yaml": resolved_workflow_yaml(plan),
@@ -186,8 +222,12 @@ def run_plan(plan: Plan, config: DictConfig, output_dir: str | Path | None, cach
             _warned.add(warning)
         ctx.record.setdefault("warnings", []).append(warning)
     configure_threads(runtime, plan_weight_bytes(plan))
+    # The run folder's manifest.json says how the run went; a fused sweep's batch (no folder) keeps none.
+    manifest = (run_manifest(ctx.output_dir, workflow=plan.workflow.path, record=ctx.record)
+                if ctx.output_dir is not None else contextlib.nullcontext())
     try:
-        outputs = execute(plan, ctx)
+        with manifest:
+            outputs = execute(plan, ctx)
     finally:  # also when a later node fails or Ctrl-C arrives: what was written is said
         saved_paths.extend(Path(p) for p in ctx.record.get("saved", []))
     return RunResult(outputs, ctx.record, [Path(p) for p in ctx.record.get("saved", [])], plan)

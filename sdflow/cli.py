@@ -122,7 +122,8 @@ def run_job(config) -> None:
     for node_id, report in result.record.get("safety", {}).items():
         if isinstance(report, dict) and any(report["flagged"]):
             log.warning("%s: %d image(s) flagged by the safety checker", node_id, sum(report["flagged"]))
-    log.info("component cache: %s", process_cache().stats)
+    if "ran_on" not in result.record:  # a remote worker's job logged its worker's cache instead
+        log.info("component cache: %s", process_cache().stats)
 
 
 def main() -> None:
@@ -131,6 +132,15 @@ def main() -> None:
         from .help import command_help
 
         print(command_help())
+        return
+    if argv[:1] == ["reproduce"]:
+        _note_interrupts()
+        try:
+            reproduce_command(argv[1:])
+        except KeyboardInterrupt:
+            _report_interrupt()
+        except Exception as exc:  # noqa: BLE001  (one line, as for a run)
+            _fail(exc)
         return
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if not multirun:
@@ -141,6 +151,7 @@ def main() -> None:
     asks_hydra_only = any(a in HYDRA_ONLY or a.startswith(("--cfg", "--info")) for a in argv)
     # A sweep is validated by sdflow's sweeper; another sweeper (hydra/sweeper=...) gets it done here.
     other_sweeper = any(a.startswith("hydra/sweeper=") for a in argv)
+    _note_interrupts()
     try:
         from .api import check_command_line
 
@@ -149,12 +160,10 @@ def main() -> None:
             validate_command_line(argv)
         _run_hydra()
     except KeyboardInterrupt:
-        from .api import saved_paths
-
-        print(f"sdflow: interrupted; {len(saved_paths)} image(s) were saved before it"
-              + "".join(f"\n  {p}" for p in saved_paths), file=sys.stderr)
-        sys.exit(130)
+        _report_interrupt()
     except Exception as exc:  # noqa: BLE001  (every fault becomes one line; SDFLOW_DEBUG=1 shows the traceback)
+        if _interrupted:  # a library turned the interrupt into its own error (e.g. a weight read cut short)
+            _report_interrupt()
         _fail(exc)
     from .fused import failures
 
@@ -188,6 +197,53 @@ def claim_folder(base: str) -> str:
         except FileExistsError:
             number += 1
             candidate = f"{base}_{number}"
+
+
+def reproduce_command(args: list[str]) -> None:
+    """``sdflow reproduce IMAGE.png [overrides] [--no-check-models]``: make an image again from its metadata."""
+    import time
+
+    from .reproduce import reproduce
+
+    if not args or args[0].startswith("-"):
+        raise SystemExit("usage: sdflow reproduce IMAGE.png [node.param=value | param=value ...] [--no-check-models]")
+    image, rest = args[0], args[1:]
+    overrides = [a for a in rest if not a.startswith("--")]
+    folder = claim_folder(time.strftime("outputs/%Y-%m-%d/%H-%M-%S"))
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    done = reproduce(image, overrides, output_dir=folder, check_models="--no-check-models" not in rest, progress=True)
+    for note in done.notes:
+        log.warning(note)
+    log.info("wrote %s", done.remade)
+    if done.same_pixels is None:
+        log.info("changed by the overrides: not compared with %s", image)
+    elif done.same_pixels:
+        log.info("same pixels as %s", image)
+    else:
+        log.warning("differs from %s by up to %s levels", image, done.max_difference)
+
+
+_interrupted = False
+
+
+def _note_interrupts() -> None:
+    """Remember a Ctrl-C even when a library catches the KeyboardInterrupt and raises an error of its own."""
+    import signal
+
+    def interrupt(signum, frame):
+        global _interrupted
+        _interrupted = True
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, interrupt)
+
+
+def _report_interrupt() -> None:
+    from .api import saved_paths
+
+    print(f"sdflow: interrupted; {len(saved_paths)} image(s) were saved before it"
+          + "".join(f"\n  {p}" for p in saved_paths), file=sys.stderr)
+    sys.exit(130)
 
 
 def _run_hydra() -> None:

@@ -21,9 +21,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .api import RunResult, plan_workflow, resolved_workflow_yaml, run_plan, saved_paths
+from .api import RunResult, plan_workflow, resolved_workflow_yaml, run_plan, runtime_compile, saved_paths
 from .engine import NodeRunError, Plan, RunContext, process_cache
 from .engine.execute import per_image_values
+from .manifest import now, run_manifest
 from .nodes.types import Images, seeds_list
 
 log = logging.getLogger("sdflow.sweep")
@@ -53,8 +54,10 @@ def _per_image_lists(plan: Plan) -> dict[tuple[str, str], list]:
             if not param.per_image:
                 continue
             value = planned.params[name]
-            if param.type == "seeds":
-                value = seeds_list(value, planned.params.get("batch_size", 1))
+            if value is None:  # an optional seed left out (e.g. "continue each image's own generator")
+                continue
+            if param.type == "seeds":  # an int means consecutive seeds, one per image of the job
+                value = seeds_list(value, count)
             elif not isinstance(value, list):
                 value = [value] * count
             elif len(value) == 1:
@@ -69,7 +72,7 @@ def image_count(plan: Plan) -> int:
     for planned in plan.nodes.values():
         for name, param in planned.spec.params.items():
             value = planned.params.get(name)
-            if param.type == "seeds":
+            if param.type == "seeds" and value is not None:
                 counts.append(len(seeds_list(value, planned.params.get("batch_size", 1))))
             elif param.per_image and isinstance(value, list):
                 counts.append(len(value))
@@ -82,8 +85,9 @@ def fuse_key(job: Job) -> str:
     for node_id in job.plan.order:
         planned = job.plan.nodes[node_id]
         seeded = any(p.type == "seeds" for p in planned.spec.params.values())
-        fixed = {k: v for k, v in planned.params.items()
-                 if not planned.spec.params[k].per_image and not (seeded and k == "batch_size")}
+        # Per-image values may differ within a batch; whether an optional one is given may not.
+        fixed = {k: v if not planned.spec.params[k].per_image else v is None for k, v in planned.params.items()
+                 if not (seeded and k == "batch_size")}
         parts.append((node_id, planned.spec.name, sorted((k, str(r)) for k, r in planned.inputs.items()),
                       sorted(fixed.items(), key=lambda kv: kv[0])))
     return repr(parts)
@@ -113,7 +117,7 @@ def merged_plan(jobs: list[Job]) -> Plan:
     for node_id, planned in base.nodes.items():
         params = dict(planned.params)
         for name, param in planned.spec.params.items():
-            if not param.per_image:
+            if not param.per_image or (node_id, name) not in per_job[0]:
                 continue
             values = [v for lists in per_job for v in lists[(node_id, name)]]
             single = param.type != "seeds" and all(v == values[0] for v in values)
@@ -146,11 +150,13 @@ class Batch:
     record: dict[str, Any] = field(default_factory=dict)
     state: str = "pending"  # pending -> ready (images held) -> released (all jobs saved), or failed
     splits: int = 0  # out-of-memory halvings it took
+    started: str = ""  # when the batch began: each job's manifest counts its run from then
 
     def offset(self, job: Job) -> int:
         return sum(j.images for j in self.jobs[: self.jobs.index(job)])
 
     def run(self, cache) -> None:
+        self.started = self.started or now()
         try:
             self.images, self.record = _run_images(self.jobs, cache)
         except NodeRunError as exc:
@@ -197,7 +203,7 @@ def _job_record(batch: Batch, job: Job) -> dict[str, Any]:
             return {k: own(v) for k, v in value.items()}
         return value
 
-    record = own(record)
+    record = {k: v if k == "fallbacks" else own(v) for k, v in record.items()}
     # Per-image parameters that nodes record under their id take this job's values (prompts, guidance).
     for key, value in per_image_values(job.plan).items():
         node_id, name = key.split(".", 1)
@@ -217,20 +223,21 @@ def _save(batch: Batch, job: Job, output_dir: Path, cache) -> RunResult:
     ctx = RunContext(cache=cache, device=str(runtime.get("device", "cpu")), dtype=str(runtime.get("dtype", "float32")),
                      output_dir=output_dir, progress=False, record=_job_record(batch, job),
                      workflow_file=job.plan.workflow.path, per_image=per_image_values(job.plan),
-                     compile=bool(runtime.get("compile", False)))
+                     compile=runtime_compile(runtime))
     start = batch.offset(job)
-    for sink in sinks(job.plan):
-        planned = job.plan.nodes[sink]
-        kwargs = dict(planned.params)
-        for name in planned.inputs:
-            kwargs[name] = batch.images[(sink, name)].take(start, start + job.images)
-        ctx.node_id = sink
-        try:
-            planned.spec.fn(ctx, **kwargs)
-        except Exception as exc:
-            raise NodeRunError(job.plan.workflow.path, sink, planned.spec.name, exc) from exc
-        finally:
-            saved_paths.extend(Path(p) for p in ctx.record.get("saved", []) if Path(p) not in saved_paths)
+    with run_manifest(output_dir, workflow=job.plan.workflow.path, record=ctx.record, started=batch.started):
+        for sink in sinks(job.plan):
+            planned = job.plan.nodes[sink]
+            kwargs = dict(planned.params)
+            for name in planned.inputs:
+                kwargs[name] = batch.images[(sink, name)].take(start, start + job.images)
+            ctx.node_id = sink
+            try:
+                planned.spec.fn(ctx, **kwargs)
+            except Exception as exc:
+                raise NodeRunError(job.plan.workflow.path, sink, planned.spec.name, exc) from exc
+            finally:
+                saved_paths.extend(Path(p) for p in ctx.record.get("saved", []) if Path(p) not in saved_paths)
     return RunResult({}, ctx.record, [Path(p) for p in ctx.record.get("saved", [])], job.plan)
 
 

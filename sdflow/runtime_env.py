@@ -9,35 +9,40 @@ from pathlib import Path
 
 log = logging.getLogger("sdflow")
 
-# Below this many bytes of weights a model is small (sdflow's built-in ones hold 1-7 MB; SD 1.5 holds 2-4 GB):
-# its per-op work is too short for a second thread to pay, and an OpenMP team spin-waits for busy cores.
-# Measured on the 2-core machine, shapes model at 64x64, 20 steps: text2img 0.43 s with 1 or 2 threads on
-# idle cores; under load from other processes, 1 thread 0.6-0.9 s, 2 threads 3-10 s (a 40-job tiny sweep:
-# 21 s against 108-121 s). Only the 256 px x4 upscale gains from 2 idle cores (chain: 2.4 s -> 1.2 s).
+# Below this many bytes of weights a model is small (sdflow's built-in ones hold a few MB; SD 1.5 2-4 GB):
+# its ops are too short for a second thread to pay, and an OpenMP team spin-waits for cores that are busy.
+# Measured on a 2-core machine, shapes model, 64 px, 20 steps, median of 5 (chain: with the 256 px x4 upscale):
+#   idle cores:        text2img 0.43 s with 1 or 2 threads;  chain 1.7-1.8 s with 1 or 2 threads
+#   other work beside: text2img 0.75 s / 1 thread, 5.0 s / 2;  chain 2.5 s / 1 thread, 13 s / 2
+# (and a 40-job tiny sweep under load: 21 s on one thread, 108-121 s on torch's default).
 SMALL_MODEL_BYTES = 200 * 2**20
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 _torch_default_threads: int | None = None  # torch's own choice, read before sdflow first changes it
 
 
 def plan_weight_bytes(plan) -> int | None:
-    """Bytes of weight files under the folders the plan's ``load_model`` nodes read.
+    """Bytes of the weights the plan's ``load_model`` nodes read (a model folder's weight files, or one file).
 
     None when one of them is not on disk yet (a hub id still to download): size unknown, so not small.
     """
     from .models.sources import SourceError, resolve_source
 
-    folders = set()
+    files = set()
     for planned in plan.nodes.values():
         if planned.spec.name != "load_model":
             continue
+        params = planned.params
         try:
-            folder = resolve_source(planned.params["source"]).folder
+            source = resolve_source(params["source"], params.get("config") or None, params.get("allow_pickle", False))
         except SourceError:
             return None
-        if folder is None:
+        if source.file is not None:
+            files.add(Path(source.file).resolve())
+        elif source.folder is None:
             return None
-        folders.add(Path(folder).resolve())
-    return sum(p.stat().st_size for folder in folders for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+        else:
+            files.update(p.resolve() for p in Path(source.folder).rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+    return sum(p.stat().st_size for p in files)
 
 
 def choose_threads(runtime: Mapping, weight_bytes: int | None) -> int | None:

@@ -1,24 +1,73 @@
-"""Shared fixtures: the tiny models (built once per test session, fixed seeds, real on-disk formats)."""
+"""Shared fixtures: the tiny models (built once per test session, fixed seeds, real on-disk formats).
+
+A session writes only under pytest's own temp folder (the last 3 sessions' are kept): the built-in models
+(SDFLOW_HOME), and every folder code makes with the tempfile module, sdflow's CLI subprocesses included.
+A session that leaves a new ``sdflow-*`` entry in the system temp folder fails.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
+import time
+from pathlib import Path
 
-import pytest
-import torch
+# Tiny models run fastest on one thread, and a busy core makes a second one spin (see sdflow/runtime_env.py);
+# set before torch loads, and inherited by the CLI subprocesses tests start.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-# Built-in models are built into a per-session folder, never the user's ~/.cache.
-_SESSION_HOME = None
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+SYSTEM_TMP = Path(tempfile.gettempdir())
+_tmp_before: set[str] = set()
+_tmp_leftovers: list[str] = []
+
+
+def _sdflow_temp_entries() -> set[str]:
+    return {p.name for p in SYSTEM_TMP.glob("sdflow-*")}
 
 
 def pytest_configure(config):
-    global _SESSION_HOME
-    import tempfile
-
-    _SESSION_HOME = tempfile.mkdtemp(prefix="sdflow-tests-")
-    os.environ["SDFLOW_HOME"] = _SESSION_HOME
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_sessionstart(session):
+    _tmp_before.update(_sdflow_temp_entries())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_folders(tmp_path_factory):
+    """Built-in models and every temporary folder of the session go under pytest's basetemp."""
+    home = tmp_path_factory.mktemp("sdflow-home", numbered=False)
+    scratch = tmp_path_factory.mktemp("tmp", numbered=False)
+    saved = {key: os.environ.get(key) for key in ("SDFLOW_HOME", "TMPDIR")}
+    os.environ.update(SDFLOW_HOME=str(home), TMPDIR=str(scratch))
+    tempfile.tempdir = str(scratch)
+    yield home
+    tempfile.tempdir = None
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def pytest_sessionfinish(session, exitstatus):
+    leftovers = _sdflow_temp_entries() - _tmp_before
+    if leftovers:  # another process's TemporaryDirectory on a shared machine is gone a moment later
+        time.sleep(1)
+        leftovers = sorted(leftovers & _sdflow_temp_entries())
+    if leftovers:
+        _tmp_leftovers.extend(leftovers)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _tmp_leftovers:
+        terminalreporter.write_line(f"FAILED: the session left {len(_tmp_leftovers)} new entries in {SYSTEM_TMP}: "
+                                    f"{', '.join(_tmp_leftovers)} (tests must write under tmp_path)", red=True)
 
 
 @pytest.fixture(scope="session")

@@ -107,3 +107,14 @@ def test_help_says_what_sdflow_does_without_importing_torch_or_hydra(tmp_path):
              "print(sorted(m for m in ('torch', 'diffusers', 'hydra', 'transformers') if m in sys.modules))")
     imported = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path)
     assert imported.stdout.strip().splitlines()[-1] == "[]"  # answers at once: nothing heavy imported
+
+
+def test_reproduce_makes_an_image_again_and_weighted_prompts_need_no_quotes(tmp_path):
+    run = sdflow(tmp_path, "model=tiny", "steps=2", "prompt=a (red:1.2) circle, [blue] background", "hydra.run.dir=a")
+    assert run.returncode == 0, run.stderr
+    (image,) = (tmp_path / "a").glob("*.png")
+    again = sdflow(tmp_path, "reproduce", str(image))
+    assert again.returncode == 0, again.stderr
+    assert "same pixels as" in again.stderr + again.stdout
+    missing = sdflow(tmp_path, "reproduce", str(tmp_path / "nothere.png"))
+    assert missing.returncode == 2 and "nothere.png" in missing.stderr

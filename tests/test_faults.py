@@ -38,10 +38,15 @@ def test_two_commands_at_once_write_two_images(tmp_path):
 
 
 def test_a_run_time_fault_is_one_line_naming_the_node_and_field(tiny_sd, tmp_path):
+    from safetensors.torch import load_file, save_file
+
     broken = tmp_path / "broken"
     shutil.copytree(tiny_sd, broken)
     weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:5000])
+    # A whole file (a truncated one is caught at validation) whose tensor does not fit the UNet's config.
+    tensors = load_file(weights)
+    tensors["conv_in.weight"] = tensors["conv_in.weight"].reshape(tensors["conv_in.weight"].shape[0], -1, 1, 1)
+    save_file(tensors, weights)
     run = sdflow(tmp_path, "model=tiny", f"model.path={broken}", "steps=1")
     assert run.returncode == 1
     assert "Traceback" not in run.stderr and "Error executing job" not in run.stderr
@@ -78,3 +83,18 @@ def test_ctrl_c_says_what_was_saved_and_exits_130(tmp_path):
     assert "interrupted; 2 image(s) were saved before it" in stderr
     assert "1_text2img_000_seed0.png" in stderr and "2_img2img_000_seed0.png" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_gpu_runtime_without_a_gpu_is_a_validation_error_with_the_rest(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    from sdflow.api import run_workflow
+    from sdflow.engine import ValidationError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValidationError) as excinfo:
+        run_workflow("text2img", ["model=tiny", "runtime=cuda", "steps=-1"], output_dir=tmp_path / "out")
+    message = str(excinfo.value)
+    assert "runtime.device" in message and "field 'steps'" in message  # both at once
+    assert not (tmp_path / "out").exists()

@@ -56,7 +56,8 @@ def depth_tensor(path):
 
 def sdflow_depth2img(paths, *extra, seed=4, strength=0.75):
     result = run_workflow("depth2img", ["model=tiny_depth", f"image={paths['image']}", f"prompt={PROMPT}",
-                                        f"seed={seed}", f"strength={strength}", "steps=8", *extra])
+                                        f"seed={seed}", f"strength={strength}", "steps=8", *extra],
+                          output_dir=paths["image"].parent / "out")
     return as_nhwc(result.outputs["decode"]["image"].pixels)
 
 

@@ -69,7 +69,8 @@ def files(tmp_path_factory):
 def sdflow_inpaint(model, paths, mask="mask", mode="concat", strength=1.0, seed=3, steps=6, scheduler="model"):
     result = run_workflow("inpaint", [f"model={model}", f"image={paths['image']}", f"mask={paths[mask]}",
                                       f"inpaint_mode={mode}", f"strength={strength}", f"prompt={PROMPT}",
-                                      f"seed={seed}", f"steps={steps}", f"scheduler={scheduler}"])
+                                      f"seed={seed}", f"steps={steps}", f"scheduler={scheduler}"],
+                          output_dir=paths["image"].parent / "out")
     return as_nhwc(result.outputs["decode"]["image"].pixels)
 
 
@@ -160,8 +161,10 @@ def test_inpaint_batch_of_two_seeds_equals_two_single_runs(tiny_inpaint, files):
     _, paths = files
     common = ["model=tiny_inpaint", f"image={paths['image']}", f"mask={paths['mask']}", "strength=0.75", "steps=4",
               "scheduler=euler_a", f"prompt={PROMPT}"]
-    batch = as_nhwc(run_workflow("inpaint", common + ["seed=[11,12]"]).outputs["decode"]["image"].pixels)
-    singles = np.concatenate([as_nhwc(run_workflow("inpaint", common + [f"seed={s}"]).outputs["decode"]["image"].pixels)
+    out = paths["image"].parent / "out"
+    batch = as_nhwc(run_workflow("inpaint", common + ["seed=[11,12]"], output_dir=out).outputs["decode"]["image"].pixels)
+    singles = np.concatenate([as_nhwc(run_workflow("inpaint", common + [f"seed={s}"], output_dir=out)
+                                      .outputs["decode"]["image"].pixels)
                               for s in (11, 12)])
     assert max_diff(batch, singles) <= 1e-4
     assert max_diff(batch[0], batch[1]) > 1e-2

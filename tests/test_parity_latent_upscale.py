@@ -82,6 +82,33 @@ def test_prompt_list_through_both_stages_matches_the_pipelines_given_the_list(pi
     assert_parity(ours, theirs(prompts), theirs([prompts[0], "a blue square"]))
 
 
+def test_upscale_seed_of_its_own_matches_a_fresh_generator_for_the_upscaler(pipes, tmp_path):
+    """upscale_seed: the upscaler's noise from a fresh generator, as diffusers runs the two pipelines given two."""
+    sd, upscaler = pipes
+    low_res = sd([PROMPT], num_inference_steps=3, height=64, width=64, generator=generators([3]),
+                 output_type="latent").images
+    theirs = upscaler(prompt=[PROMPT], image=low_res, num_inference_steps=3, guidance_scale=9.0,
+                      generator=torch.Generator().manual_seed(8), output_type="np").images
+    result, ours = sdflow_chain(["seed=3", "upscale_seed=8", "upscale_guidance=9.0"], tmp_path)
+    assert_parity(ours, theirs, diffusers_chain(pipes, [3], 9.0))  # moved: the text2img generator continued
+    assert result.record["latent_upscale"]["upscale"]["seed"] == [8]
+    # The image's own seed is the default: its generator continues into the upscaler (the chain diffusers documents).
+    _, same = sdflow_chain(["seed=3", "upscale_seed=3", "upscale_guidance=9.0"], tmp_path)
+    assert_parity(same, diffusers_chain(pipes, [3], 9.0), theirs)
+
+
+def test_upscale_seeds_per_image_in_a_batch(pipes, tmp_path):
+    sd, upscaler = pipes
+    gens = generators([5, 11])
+    low_res = sd([PROMPT] * 2, num_inference_steps=3, height=64, width=64, generator=gens, output_type="latent").images
+    # image 0 keeps its own seed (its generator continues), image 1 gets a fresh one
+    theirs = upscaler(prompt=[PROMPT] * 2, image=low_res, num_inference_steps=3, guidance_scale=9.0,
+                      generator=[gens[0], torch.Generator().manual_seed(7)], output_type="np").images
+    _, ours = sdflow_chain(["seed=[5,11]", "upscale_seed=[5,7]", "upscale_guidance=9.0"], tmp_path)
+    assert_parity(ours, theirs, diffusers_chain(pipes, [5, 11], 9.0))
+    assert_parity(ours[:1], diffusers_chain(pipes, [5, 11], 9.0)[:1])
+
+
 def test_upscaler_depends_on_its_low_res_latents(pipes):
     """Guard against a blind test: the output must follow the latents it upscales, not just the seed."""
     _, upscaler = pipes

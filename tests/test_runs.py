@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sdflow.api import run_workflow
-from sdflow.engine import ComponentCache, ModelSourceError
+from sdflow.engine import ComponentCache, ValidationError
 
 
 def test_chain_loads_each_weight_once_and_a_second_run_loads_nothing(tmp_path):
@@ -133,8 +133,10 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_sd, tmp_path):
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     unet.save_pretrained(folder / "unet", safe_serialization=False)
     args = ["model=tiny", f"model.path={folder}", "steps=2"]
-    with pytest.raises(ModelSourceError) as excinfo:
-        run_workflow("text2img", args, output_dir=tmp_path / "a", cache=ComponentCache())
+    cache = ComponentCache()
+    with pytest.raises(ValidationError) as excinfo:  # refused before anything loads
+        run_workflow("text2img", args, output_dir=tmp_path / "a", cache=cache)
     assert "node 'model', field 'source'" in str(excinfo.value) and "allow_pickle=true" in str(excinfo.value)
+    assert cache.stats.loads == 0
     result = run_workflow("text2img", args + ["allow_pickle=true"], output_dir=tmp_path / "b", cache=ComponentCache())
     assert len(result.saved) == 1

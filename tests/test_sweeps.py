@@ -63,6 +63,8 @@ def test_a_fused_sweep_equals_the_basic_launcher_image_for_image(tmp_path):
         folder = tmp_path / "fused" / "out" / str(job)
         assert {p.name for p in (folder / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
         (image,) = folder.glob("*.png")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["status"] == "done" and [Path(i["file"]).name for i in manifest["images"]] == [image.name]
         ours_meta = metadata(image)
         theirs_meta = metadata(tmp_path / "basic" / "out" / str(job) / image.name)
         overrides = (folder / ".hydra" / "overrides.yaml").read_text()

@@ -38,6 +38,9 @@ nodes:
     type: decode
     vae: model.vae
     latents: denoise.latents
+  write:
+    type: save_image
+    image: decode.image
 """
 
 

@@ -152,12 +152,13 @@ def test_trained_shapes_model_draws_held_out_captions():
 # The chain workflow on the default model ends in a real x4 upscale: the judge reads the prompt's scene
 # from the 64 px draft, the img2img refinement and the 256 px upscale alike.
 @pytest.mark.skipif(not (SHAPES_MODEL / "model_index.json").exists(), reason="shapes weights not built")
-def test_chain_on_the_default_model_keeps_the_scene_through_the_upscale():
+def test_chain_on_the_default_model_keeps_the_scene_through_the_upscale(tmp_path):
     from sdflow.api import run_workflow
 
     scenes = [held_out_scenes()[i] for i in (0, 7, 21)]
     for i, scene in enumerate(scenes):
-        result = run_workflow("chain", [f"prompt='{caption(scene, i)}'", f"seed={i}", "strength=0.5"])
+        result = run_workflow("chain", [f"prompt='{caption(scene, i)}'", f"seed={i}", "strength=0.5"],
+                              output_dir=tmp_path)
         images = {node: result.images(node)[0] for node in ("draft_image", "refined_image", "upscaled_image")}
         assert images["upscaled_image"].size == (256, 256)
         for node, image in images.items():

@@ -23,9 +23,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
-# Free-text keys: a comma in them is text far more often than a sweep.
-TEXT_KEYS = ("prompt", "negative_prompt", "safety_concept")
-
 
 @dataclass
 class SdflowSweeperConf:
@@ -45,6 +42,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="sdflow", node=SdflowL
 
 def comma_problems(overrides: Sequence[str]) -> list[str]:
     """A bare comma list on a text key would silently sweep the halves of one text: refuse it, showing both spellings."""
+    from sdflow.api import TEXT_KEYS
+
     problems = []
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.get_key_element().split("@")[0].lstrip("+~")
@@ -127,6 +126,39 @@ def _task_config(sweep_config: DictConfig) -> DictConfig:
     return task_config
 
 
+def prepare_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
+    """(fused Jobs, (num, overrides, sweep config) per job): the sweeper's kept plans, or composed and validated here."""
+    from sdflow.api import plan_workflow
+    from sdflow.fused import Job, planned
+
+    jobs, configs = [], []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        remembered = planned(overrides)
+        if remembered is None:  # validated elsewhere (another sweeper): compose and validate here
+            sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+            plan = plan_workflow(_task_config(sweep_config))
+        else:
+            sweep_config, plan = remembered
+            sweep_config = sweep_config.copy()
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = idx
+            sweep_config.hydra.job.num = idx
+        configs.append((idx, overrides, sweep_config))
+        jobs.append(Job(idx, tuple(overrides), _task_config(sweep_config), plan))
+    return jobs, configs
+
+
+def run_in_order(launcher, configs) -> List[JobReturn]:
+    """Each job through Hydra's run_job, as the basic launcher does: its folder, .hydra files, log, JobReturn."""
+    runs: List[JobReturn] = []
+    for idx, overrides, sweep_config in configs:
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        runs.append(run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
+                            config=sweep_config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return runs
+
+
 class FusedLauncher(Launcher):
     """Runs a sweep's jobs in order in this process; jobs that can share batches do (sdflow.fused)."""
 
@@ -140,36 +172,15 @@ class FusedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from sdflow.api import plan_workflow
-        from sdflow.fused import Job, Sweep, activate, max_batch, planned
+        from sdflow.fused import Sweep, activate, max_batch
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs locally, fusing those that differ only in per-image values")
-        jobs, configs = [], []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            remembered = planned(overrides)
-            if remembered is None:  # validated elsewhere (another sweeper): compose and validate here
-                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                plan = plan_workflow(_task_config(sweep_config))
-            else:
-                sweep_config, plan = remembered
-                sweep_config = sweep_config.copy()
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            configs.append((idx, overrides, sweep_config))
-            jobs.append(Job(idx, tuple(overrides), _task_config(sweep_config), plan))
+        jobs, configs = prepare_jobs(self, job_overrides, initial_job_idx)
         activate(Sweep(jobs, max_batch(jobs[0].config) if jobs else 1))
-        runs: List[JobReturn] = []
         try:
-            for idx, overrides, sweep_config in configs:
-                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                runs.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                                    config=sweep_config, job_dir_key="hydra.sweep.dir",
-                                    job_subdir_key="hydra.sweep.subdir"))
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            return run_in_order(self, configs)
         finally:
             activate(None)
-        return runs

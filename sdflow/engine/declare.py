@@ -14,10 +14,15 @@ REQUIRED = object()  # marks a parameter without a default
 
 @dataclass(frozen=True)
 class PortType:
-    """The type of value that travels along an edge, e.g. LATENTS or IMAGE."""
+    """The type of value that travels along an edge, e.g. LATENTS or IMAGE.
+
+    ``facts``: the (frozen dataclass) type of the validation facts a static check hands along this port,
+    e.g. the latent channels; validation refuses a check that hands anything else. None: no facts.
+    """
 
     name: str
     description: str
+    facts: type | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return self.name
@@ -36,7 +41,8 @@ class Input:
 class Param:
     """A literal parameter with its type, default and allowed range or choices.
 
-    ``type`` is one of int, float, str, bool, or ``"seeds"`` (an int or a list of ints).
+    ``type`` is one of int, float, str, bool, list (its elements are the node's check's to judge), or ``"seeds"`` (an
+    int or a list of ints).
     ``per_image``: the value may also be a non-empty list, one element per image of the batch (a single
     value, or a list of one, applies to every image); the images' count comes from their seeds.
     """
@@ -61,6 +67,8 @@ class NodeSpec:
 
     ``check(params, inputs_meta, ctx) -> outputs_meta`` runs at validation time, before any model
     loads; it reads cheap facts (config files, sizes) and reports mismatches through ``ctx.problem``.
+    ``inputs_meta`` maps every declared input to the facts its source handed on (None: unknown or
+    unwired); ``outputs_meta`` maps output names to facts of each output port's ``facts`` type.
     """
 
     name: str

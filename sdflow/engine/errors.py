@@ -25,8 +25,23 @@ class Problem:
         return ", ".join(parts) + f": {self.message}"
 
 
+def _restore(cls: type, args: tuple, state: dict) -> BaseException:
+    """Unpickle an sdflow error as it was: its message (args) and attributes, without calling ``__init__``."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class WorkflowError(Exception):
-    """Base of every error sdflow reports about a workflow (exit non-zero, nothing written)."""
+    """Base of every error sdflow reports about a workflow (exit non-zero, nothing written).
+
+    Errors cross process boundaries (submitit, Ray pickle them): every subclass unpickles with its message
+    and attributes, whatever its constructor takes.
+    """
+
+    def __reduce__(self):
+        return _restore, (type(self), self.args, dict(self.__dict__))
 
 
 class InvalidWorkflow(WorkflowError):
@@ -47,7 +62,8 @@ class NodeRunError(WorkflowError):
     """A node failed while running; the original exception is chained as the cause."""
 
     def __init__(self, file: str, node: str, node_type: str, cause: BaseException):
-        self.node = node
+        self.file, self.node, self.node_type = file, node, node_type
+        self.cause_type = type(cause).__name__  # the chained cause itself does not survive pickling
         super().__init__(f"{file}, node '{node}' ({node_type}) failed: {type(cause).__name__}: {cause}")
 
 
@@ -56,4 +72,5 @@ class ModelSourceError(WorkflowError):
 
     def __init__(self, file: str, node: str, field: str, message: str):
         self.problem = Problem(file, node, field, message)
+        self.node = node
         super().__init__(str(self.problem))

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from tqdm.auto import tqdm
 
@@ -36,7 +36,9 @@ class RunContext:
     used_outputs: set[str] = field(default_factory=set)
     workflow_file: str = ""
     per_image: dict[str, Any] = field(default_factory=dict)
-    compile: bool = False  # runtime.compile: loaders hand out compiled modules (compiled once per process)
+    compile: bool | str = False  # runtime.compile: loaders hand out compiled modules (compiled once per process)
+    # called after each denoise step as on_step(node_id, step_index, total_steps, latents): progress and previews
+    on_step: Callable[[str, int, int, Any], None] | None = None
 
     def needs(self, output: str) -> bool:
         """Whether another node reads this node's ``output`` (so it may skip making unused ones)."""
@@ -62,6 +64,20 @@ def value_for_image(value: Any, index: int) -> Any:
     if not isinstance(value, list):
         return value
     return value[0] if len(value) == 1 else value[index] if index < len(value) else None
+
+
+def _check_finite(plan: Plan, node_id: str, outputs: dict[str, Any], dtype: str) -> None:
+    """Stop at the node that made NaN or infinite values, rather than let them reach a file (as a black image).
+
+    An output value that can tell has a ``finite()`` method; the engine asks nothing else of it.
+    """
+    planned = plan.nodes[node_id]
+    for name, value in outputs.items():
+        finite = getattr(value, "finite", None)
+        if callable(finite) and finite() is False:
+            hint = "" if dtype == "float32" else f"; or run in float32 (this run uses {dtype}, which can overflow)"
+            raise NodeRunError(plan.workflow.path, node_id, planned.spec.name, FloatingPointError(
+                f"produced NaN/Inf values in its output '{name}': check the weights and inputs it read{hint}"))
 
 
 def execute(plan: Plan, ctx: RunContext) -> dict[str, dict[str, Any]]:
@@ -90,6 +106,7 @@ def execute(plan: Plan, ctx: RunContext) -> dict[str, dict[str, Any]]:
         if missing:
             raise NodeRunError(plan.workflow.path, node_id, planned.spec.name,
                                RuntimeError(f"node returned no value for outputs {sorted(missing)}"))
+        _check_finite(plan, node_id, outputs, ctx.dtype)
         results[node_id] = outputs
         log.debug("node %s (%s) took %.3fs", node_id, planned.spec.name, timings[node_id])
     ctx.record.setdefault("timings_s", {}).update({k: round(v, 4) for k, v in timings.items()})

@@ -1,12 +1,15 @@
 """Validate a whole workflow against the node declarations, before anything loads.
 
 Every problem is collected (unknown types, unknown or missing fields, bad references, type
-mismatches, cycles, out-of-range parameters, then each node's own static check), and raised once.
+mismatches, cycles, out-of-range parameters, a workflow that writes nothing, and each node's own static
+check), and raised once. A node's static check runs whenever its own fields and inputs are sound and
+every node it reads from passed its check, even when other nodes of the workflow are broken.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +39,8 @@ class PlannedNode:
     spec: NodeSpec
     params: dict[str, Any]
     inputs: dict[str, Ref]
-    meta: dict[str, Any] = field(default_factory=dict)  # outputs' static facts from the node's check
+    # outputs' static facts from the node's check; None: not checked (it, or a node it reads, has a problem)
+    meta: dict[str, Any] | None = field(default_factory=dict)
 
 
 @dataclass
@@ -104,7 +108,7 @@ class CheckContext:
 
 
 def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
             "seeds": "an integer seed or a list of integer seeds"}.get(tp, str(tp))
 
 
@@ -143,7 +147,7 @@ def check_param(param: Param, value) -> str | None:
     if value is None:
         return None if param.nullable else f"expected {_param_type_name(param)}, given nothing (null)"
     tp = param.type
-    if isinstance(value, list) and tp != "seeds":
+    if isinstance(value, list) and tp not in ("seeds", list):
         if not param.per_image:
             return (f"expected {_type_name(tp)}, given {_given(value)} (one value for the whole batch: "
                     "this parameter does not take a list per image)")
@@ -168,6 +172,7 @@ def check_param(param: Param, value) -> str | None:
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
         or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (tp is str and isinstance(value, str))
+        or (tp is list and isinstance(value, list))  # its elements are the node's check's to judge
     )
     if not ok:
         hint = ""
@@ -176,6 +181,9 @@ def check_param(param: Param, value) -> str | None:
         if isinstance(value, bool) and tp is str:
             hint = " (YAML reads yes/no/on/off/true/false as booleans: quote the text)"
         return f"expected {_type_name(tp)}, given {_given(value)}{hint}"
+    # NaN passes every range test: guidance=nan would turn CFG off without a word.
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, given {value!r}"
     if param.choices is not None and value not in param.choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in param.choices], n=1)
         suggestion = f"; did you mean '{close[0]}'?" if close else ""
@@ -197,43 +205,47 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
     registry = REGISTRY if registry is None else registry
     problems: list[Problem] = []
     planned: dict[str, PlannedNode] = {}
+    unsound: set[str] = set()  # nodes with a problem in their own fields or inputs: their checks cannot run
+
+    def report(node_id: str, field_name: str | None, message: str) -> None:
+        problems.append(workflow.problem(node_id, field_name, message))
+        unsound.add(node_id)
 
     for entry in workflow.nodes.values():
         if not isinstance(entry.type, str):
-            problems.append(workflow.problem(entry.id, "type", f"expected a node type name, given {_given(entry.type)}"))
+            report(entry.id, "type", f"expected a node type name, given {_given(entry.type)}")
             continue
         spec = registry.get(entry.type)
         if spec is None:
-            problems.append(workflow.problem(entry.id, "type", f"unknown node type '{entry.type}'"
-                                             f"{_suggest(entry.type, registry)} (run 'sdflow-info nodes' for the list)"))
+            report(entry.id, "type", f"unknown node type '{entry.type}'{_suggest(entry.type, registry)} "
+                   "(run 'sdflow-info nodes' for the list)")
             continue
         params: dict[str, Any] = {}
         inputs: dict[str, Ref] = {}
         for name, value in entry.fields.items():
             if name in spec.inputs:
                 if not isinstance(value, str) or value.count(".") != 1 or not all(value.split(".")):
-                    problems.append(workflow.problem(entry.id, name, "expected a reference to another node's output "
-                                                     f"written 'node_id.output' ({spec.inputs[name].type}), given {_given(value)}"))
+                    report(entry.id, name, "expected a reference to another node's output written 'node_id.output' "
+                           f"({spec.inputs[name].type}), given {_given(value)}")
                     continue
                 inputs[name] = Ref(*value.split("."))
             elif name in spec.params:
                 reason = check_param(spec.params[name], value)
                 if reason:  # a value from the config: say where to change it
-                    problems.append(workflow.problem(entry.id, name, reason + _config_hint(workflow, entry.id, name)))
+                    report(entry.id, name, reason + _config_hint(workflow, entry.id, name))
                 params[name] = value
             else:
                 known = list(spec.inputs) + list(spec.params)
-                problems.append(workflow.problem(entry.id, name, f"'{entry.type}' has no field '{name}'"
-                                                 f"{_suggest(name, known)} (fields: {', '.join(known)})"))
+                report(entry.id, name, f"'{entry.type}' has no field '{name}'{_suggest(name, known)} "
+                       f"(fields: {', '.join(known)})")
         for name, port in spec.inputs.items():
             if name not in entry.fields and not port.optional:
-                problems.append(workflow.problem(entry.id, name, f"missing input '{name}' ({port.type}): wire it to "
-                                                 "another node's output, e.g. 'node_id.output'"))
+                report(entry.id, name, f"missing input '{name}' ({port.type}): wire it to another node's output, "
+                       "e.g. 'node_id.output'")
         for name, param in spec.params.items():
             if name not in entry.fields:
                 if param.required:
-                    problems.append(workflow.problem(entry.id, name, f"missing parameter '{name}' "
-                                                     f"({_param_type_name(param)})"))
+                    report(entry.id, name, f"missing parameter '{name}' ({_param_type_name(param)})")
                 else:
                     params[name] = param.default
         planned[entry.id] = PlannedNode(entry.id, spec, params, inputs)
@@ -243,60 +255,100 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
     for node_id, pn in planned.items():
         for name, ref in pn.inputs.items():
             if ref.node not in workflow.nodes:
-                problems.append(workflow.problem(node_id, name, f"refers to node '{ref.node}', which does not exist"
-                                                 f"{_suggest(ref.node, workflow.nodes)}"))
+                report(node_id, name, f"refers to node '{ref.node}', which does not exist"
+                       f"{_suggest(ref.node, workflow.nodes)}")
                 continue
             source = planned.get(ref.node)
             if source is None:  # the source node itself is broken; its problem is already reported
                 continue
             out_type = source.spec.outputs.get(ref.output)
             if out_type is None:
-                problems.append(workflow.problem(node_id, name, f"node '{ref.node}' ({source.spec.name}) has no output "
-                                                 f"'{ref.output}'{_suggest(ref.output, source.spec.outputs)} (outputs: "
-                                                 f"{', '.join(f'{k} ({v})' for k, v in source.spec.outputs.items())})"))
+                report(node_id, name, f"node '{ref.node}' ({source.spec.name}) has no output '{ref.output}'"
+                       f"{_suggest(ref.output, source.spec.outputs)} (outputs: "
+                       f"{', '.join(f'{k} ({v})' for k, v in source.spec.outputs.items())})")
                 continue
             expected = pn.spec.inputs[name].type
             if out_type != expected:
-                problems.append(workflow.problem(node_id, name, f"expected {expected}, given {out_type} from "
-                                                 f"'{ref}'"))
+                report(node_id, name, f"expected {expected}, given {out_type} from '{ref}'")
             graph.add_edge(ref.node, node_id, input=name, output=ref.output)
 
-    order: list[str] = []
-    try:
-        order = list(nx.lexicographical_topological_sort(graph))
-    except nx.NetworkXUnfeasible:
-        cycle = nx.find_cycle(graph)
-        path = " -> ".join([edge[0] for edge in cycle] + [cycle[0][0]])
-        first = cycle[0][1]
-        field_name = graph.edges[cycle[0]]["input"]
-        problems.append(workflow.problem(first, field_name, f"the workflow has a cycle: {path} (each node "
-                                         "feeds the next); a node cannot depend on its own output"))
-
-    if problems:
-        raise ValidationError(problems)
-
-    # Static checks: cheap facts (model configs, sizes) flow along the edges before anything loads.
-    for node_id in order:
-        pn = planned[node_id]
-        if pn.spec.check is None:
-            continue
-        inputs_meta = {}
-        missing_upstream = False
-        for name, ref in pn.inputs.items():
-            upstream = planned[ref.node].meta
-            if upstream is None:
-                missing_upstream = True
-                break
-            inputs_meta[name] = upstream.get(ref.output)
-        if missing_upstream:
-            pn.meta = None
-            continue
-        before = len(problems)
-        ctx = CheckContext(workflow, node_id, problems, planned)
-        ctx.used_outputs = {data["output"] for _, _, data in graph.out_edges(node_id, data=True)}
-        pn.meta = pn.spec.check(pn.params, inputs_meta, ctx) or {}
-        if len(problems) > before:
-            pn.meta = None  # downstream checks would only repeat this node's problem
+    problems.extend(_writes_nothing(workflow, registry, planned))
+    order, cyclic = _order(workflow, graph, problems)
+    _run_checks(workflow, planned, graph, [n for n in order if n in planned], unsound | cyclic, problems)
     if problems:
         raise ValidationError(problems)
     return Plan(workflow, planned, order, graph)
+
+
+def _writes_nothing(workflow: Workflow, registry: dict[str, NodeSpec], planned: dict[str, PlannedNode]) -> list[Problem]:
+    """A workflow whose nodes only hand values on would run and leave nothing behind: say which node writes."""
+    writers = {name: spec for name, spec in registry.items() if not spec.outputs}  # e.g. save_image
+    if not writers or len(planned) < len(workflow.nodes) or any(not pn.spec.outputs for pn in planned.values()):
+        return []  # (a node of unknown type may have been meant to write: its own problem says enough)
+    ways = " or ".join(f"a {name} node with its {', '.join(f'{i} ({p.type})' for i, p in spec.inputs.items())} "
+                       "wired to the output to keep" for name, spec in sorted(writers.items()))
+    return [workflow.problem(None, None, f"the workflow writes nothing (no node saves a result, so a run would "
+                             f"leave nothing behind); add {ways}")]
+
+
+def _order(workflow: Workflow, graph: nx.MultiDiGraph, problems: list[Problem]) -> tuple[list[str], set[str]]:
+    """The nodes in a deterministic topological order, and the nodes on cycles (each cycle reported, left out)."""
+    cyclic: set[str] = set()
+    for component in sorted(nx.strongly_connected_components(graph), key=min):
+        if len(component) == 1 and not graph.has_edge(next(iter(component)), next(iter(component))):
+            continue
+        cycle = nx.find_cycle(graph.subgraph(component))
+        path = " -> ".join([edge[0] for edge in cycle] + [cycle[0][0]])
+        problems.append(workflow.problem(cycle[0][1], graph.edges[cycle[0]]["input"], f"the workflow has a cycle: "
+                                         f"{path} (each node feeds the next); a node cannot depend on its own output"))
+        cyclic |= component
+    # Ties go by id, but a ready node that nothing reads (save_image) goes first: what a workflow writes is
+    # written as soon as it exists, not after every later stage (or a fault in one) has run.
+    acyclic = graph.subgraph(set(graph) - cyclic)
+    return list(nx.lexicographical_topological_sort(acyclic, key=lambda n: (acyclic.out_degree(n) > 0, n))), cyclic
+
+
+def _run_checks(workflow: Workflow, planned: dict[str, PlannedNode], graph: nx.MultiDiGraph, order: list[str],
+                skip: set[str], problems: list[Problem]) -> None:
+    """Static checks: cheap facts (model configs, sizes) flow along the edges before anything loads.
+
+    A node is checked when its own declaration is sound and every node it reads passed; otherwise its
+    ``meta`` is None and the nodes downstream are skipped too (they would only repeat its problem).
+    """
+    for node_id in skip:
+        if node_id in planned:
+            planned[node_id].meta = None
+    for node_id in order:
+        pn = planned[node_id]
+        upstream = [planned.get(ref.node) for ref in pn.inputs.values()]
+        if node_id in skip or any(source is None or source.meta is None for source in upstream):
+            pn.meta = None
+            continue
+        if pn.spec.check is None:
+            pn.meta = {}
+            continue
+        inputs_meta = dict.fromkeys(pn.spec.inputs)
+        inputs_meta.update({name: planned[ref.node].meta.get(ref.output) for name, ref in pn.inputs.items()})
+        before = len(problems)
+        ctx = CheckContext(workflow, node_id, problems, planned)
+        ctx.used_outputs = {data["output"] for _, _, data in graph.out_edges(node_id, data=True)}
+        pn.meta = _checked_facts(pn.spec, pn.spec.check(pn.params, inputs_meta, ctx))
+        if len(problems) > before:
+            pn.meta = None  # downstream checks would only repeat this node's problem
+
+
+def _checked_facts(spec: NodeSpec, facts: dict[str, Any] | None) -> dict[str, Any]:
+    """A check's facts, refused unless each names a declared output and has that port's facts type.
+
+    A misspelt output name or a stray dict would otherwise switch the downstream checks off silently.
+    """
+    facts = facts or {}
+    for name, value in facts.items():
+        port = spec.outputs.get(name)
+        if port is None:
+            raise TypeError(f"the check of node type '{spec.name}' returned facts for '{name}', which is not one of "
+                            f"its outputs ({', '.join(spec.outputs) or 'none'})")
+        if value is not None and port.facts is not None and not isinstance(value, port.facts):
+            raise TypeError(f"the check of node type '{spec.name}' returned {type(value).__name__} for output "
+                            f"'{name}' ({port}), which carries {port.facts.__name__}")
+    return {name: facts.get(name) for name in spec.outputs}  # None: nothing known about that output

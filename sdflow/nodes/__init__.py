@@ -5,3 +5,5 @@ from . import image_prompt, safe_guidance  # noqa: F401
 from . import latent_upscale, rgbd  # noqa: F401
 from . import depth, inpaint, mask  # noqa: F401
 from . import sdxl  # noqa: F401
+from . import adapters  # noqa: F401
+from . import load_vae  # noqa: F401

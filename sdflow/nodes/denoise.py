@@ -7,15 +7,19 @@ halves in one batch, combine, and let the scheduler step.
 Prompts and guidance may differ per image: embeddings hold one row for all images or one per image,
 and ``guidance`` may be a list. An image whose guidance is <= 1 gets the text prediction alone, as
 diffusers gives it with CFG off, even when others in its batch use CFG.
+
+Out of GPU memory, a batch runs again as two halves (``sample_in_halves``), with the same pixels.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 from ..engine import Input, Param, RunContext, node
-from .types import (CONDITION, EMBEDDINGS, GUIDANCE, LATENTS, SCHEDULER, UNET, Condition, Embeddings, GuidanceRule,
-                    Latents)
+from .memory import free_memory, record_fallback, rows
+from .types import (CONDITION, EMBEDDINGS, GUIDANCE, LATENTS, SCHEDULER, UNET, Condition, ConditionFacts,
+                    EmbeddingFacts, Embeddings, GuidanceFacts, GuidanceRule, LatentFacts, Latents)
 
 
 def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale: float):
@@ -109,64 +113,64 @@ def per_batch(rows, batch: int, what: str):
     return rows.expand(batch, *rows.shape[1:])
 
 
-def check_image_counts(params, embeddings: dict, latents: dict, ctx) -> None:
+def check_image_counts(params, embeddings: EmbeddingFacts, latents: LatentFacts, ctx) -> None:
     """Per-image lists (prompts in the embeddings, this node's guidance) must have one value per image, or one."""
-    count = latents.get("count")
+    count = latents.count
     if not count:
         return
     why = f"'{ctx.source_of('latents')}' holds {count} image{'s' if count != 1 else ''}, one per seed"
-    given = embeddings.get("count") or 1
-    if given not in (1, count) and embeddings.get("count_field"):  # reported where the list was given
-        ctx.count_problem(embeddings["count_field"], count, given, why, node=ctx.source_of("embeddings").split(".")[0])
+    if embeddings.count not in (1, count) and embeddings.count_field:  # reported where the list was given
+        ctx.count_problem(embeddings.count_field, count, embeddings.count, why,
+                          node=ctx.source_of("embeddings").split(".")[0])
     ctx.check_per_image_count(params, count, why)
 
 
 def check_denoise(params, inputs_meta, ctx):
-    unet = inputs_meta.get("unet") or {}
-    embeddings = inputs_meta.get("embeddings") or {}
-    latents = inputs_meta.get("latents") or {}
-    condition = inputs_meta.get("condition") or {}
+    unet = inputs_meta["unet"]
+    embeddings = inputs_meta["embeddings"] or EmbeddingFacts()
+    latents = inputs_meta["latents"] or LatentFacts()
+    condition = inputs_meta["condition"] or ConditionFacts()
+    rule = inputs_meta["guidance_rule"] or GuidanceFacts()
     check_image_counts(params, embeddings, latents, ctx)
-    if unet and embeddings.get("dim") and unet.get("cross_attention_dim") not in (None, embeddings["dim"]):
-        ctx.problem("embeddings", f"the UNet from '{ctx.source_of('unet')}' attends to {unet['cross_attention_dim']}-wide "
-                    f"text embeddings, but '{ctx.source_of('embeddings')}' gives {embeddings['dim']}-wide ones "
+    width = unet.cross_attention_dim if unet else None
+    if width is not None and embeddings.dim and width != embeddings.dim:
+        ctx.problem("embeddings", f"the UNet from '{ctx.source_of('unet')}' attends to {width}-wide "
+                    f"text embeddings, but '{ctx.source_of('embeddings')}' gives {embeddings.dim}-wide ones "
                     "(text encoder and UNet come from different model families)")
-    rule = inputs_meta.get("guidance_rule") or {}
-    if unet and rule.get("dim") and unet.get("cross_attention_dim") not in (None, rule["dim"]):
-        ctx.problem("guidance_rule", f"the UNet from '{ctx.source_of('unet')}' attends to "
-                    f"{unet['cross_attention_dim']}-wide embeddings, but '{ctx.source_of('guidance_rule')}' "
-                    f"encodes its concept {rule['dim']}-wide (use the prompt's text encoder)")
-    if unet and latents.get("channels"):
-        extra = condition.get("channels", 0) if condition else 0
-        if unet.get("in_channels") not in (None, latents["channels"] + extra):
-            what = f"{latents['channels']} latent channels" + (f" + {extra} condition channels" if extra else "")
-            ctx.problem("latents", f"the UNet from '{ctx.source_of('unet')}' takes {unet['in_channels']} input channels, "
+    if width is not None and rule.dim and width != rule.dim:
+        ctx.problem("guidance_rule", f"the UNet from '{ctx.source_of('unet')}' attends to {width}-wide embeddings, but "
+                    f"'{ctx.source_of('guidance_rule')}' encodes its concept {rule.dim}-wide (use the prompt's text encoder)")
+    if unet and unet.in_channels is not None and latents.channels:
+        extra = condition.channels
+        if unet.in_channels != latents.channels + extra:
+            what = f"{latents.channels} latent channels" + (f" + {extra} condition channels" if extra else "")
+            ctx.problem("latents", f"the UNet from '{ctx.source_of('unet')}' takes {unet.in_channels} input channels, "
                         f"but this step gives it {what} (from '{ctx.source_of('latents')}'"
                         + (f" and '{ctx.source_of('condition')}')" if extra else ")")
-                        + (f"; {condition['hint']}" if condition and condition.get("hint") else ""))
-    if latents.get("strength") is not None and latents["strength"] != params["strength"]:
-        ctx.problem("strength", f"'{ctx.source_of('latents')}' prepared its latents for strength {latents['strength']}, "
+                        + (f"; {condition.hint}" if condition.hint else ""))
+    if latents.strength is not None and latents.strength != params["strength"]:
+        ctx.problem("strength", f"'{ctx.source_of('latents')}' prepared its latents for strength {latents.strength}, "
                     f"but this step runs strength {params['strength']}; give both the same strength")
-    if latents.get("kind") == "noise" and params["strength"] < 1.0:
+    if latents.kind == "noise" and params["strength"] < 1.0:
         ctx.problem("strength", f"strength {params['strength']} needs image latents (encode_image) to start from, but "
                     f"'{ctx.source_of('latents')}' is pure noise; use strength 1.0 or wire encoded image latents")
-    if latents.get("kind") != "noise" and int(params["steps"] * params["strength"]) < 1:
+    if latents.kind != "noise" and int(params["steps"] * params["strength"]) < 1:
         ctx.problem("strength", f"strength {params['strength']} x {params['steps']} steps leaves no step to run; "
                     "raise strength or steps")
     start, end = split_point(params["denoising_start"]), split_point(params["denoising_end"])
-    if start is not None and latents.get("kind") == "noise":
+    if start is not None and latents.kind == "noise":
         ctx.problem("denoising_start", f"denoising_start {start} continues partly denoised latents (a denoise with "
                     f"denoising_end), but '{ctx.source_of('latents')}' is pure noise")
     if start is not None and end is not None and start >= end:
         ctx.problem("denoising_end", f"denoising_start {start} must be below denoising_end {end}")
-    if unet.get("addition_embed_type") == "text_time":
-        lacking = ([] if embeddings.get("pooled_dim") else [f"pooled text embeddings ('{ctx.source_of('embeddings')}' "
-                                                            "has none: use encode_prompt_sdxl)"])
-        lacking += [] if condition.get("time_ids") else ["size/crop time ids (wire an sdxl_condition node as 'condition')"]
+    if unet and unet.addition_embed_type == "text_time":
+        lacking = ([] if embeddings.pooled_dim else [f"pooled text embeddings ('{ctx.source_of('embeddings')}' "
+                                                     "has none: use encode_prompt_sdxl)"])
+        lacking += [] if condition.time_ids else ["size/crop time ids (wire an sdxl_condition node as 'condition')"]
         if lacking:
             ctx.problem("unet", f"the UNet from '{ctx.source_of('unet')}' is an SDXL UNet (addition_embed_type "
                         f"'text_time') and needs {' and '.join(lacking)}")
-    return {"latents": {**latents, "kind": "denoised"}}
+    return {"latents": replace(latents, kind="denoised")}
 
 
 @node(
@@ -200,6 +204,69 @@ def denoise(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: L
             guidance_rule: GuidanceRule | None,
             steps: int, guidance: float | list[float], strength: float, eta: float, guidance_rescale: float,
             denoising_start: float | None = None, denoising_end: float | None = None):
+    settings = {"steps": steps, "strength": strength, "eta": eta, "guidance_rescale": guidance_rescale,
+                "denoising_start": denoising_start, "denoising_end": denoising_end}
+    x = sample_in_halves(ctx, unet, scheduler, embeddings, latents, condition, guidance_rule, guidance, settings)
+    return {"latents": Latents(x, latents.seeds, latents.generators, "denoised", latents.scaling_factor)}
+
+
+def sample_in_halves(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: Latents,
+                     condition: Condition | None, guidance_rule: GuidanceRule | None, guidance, settings: dict):
+    """sample(); if the GPU runs out of memory, the batch again as two halves (recursively, down to one image).
+
+    Each image keeps its own generator, wound back to where it stood before the failed try, so the halves
+    make the very pixels the whole batch would have.
+    """
+    import torch
+
+    batch = latents.samples.shape[0]
+    states = [generator.get_state() for generator in latents.generators]
+    try:
+        return sample(ctx, unet, scheduler, embeddings, latents, condition, guidance_rule, guidance, **settings)
+    except torch.OutOfMemoryError:
+        if batch == 1:
+            raise
+    # (retried out of the except block, so the failed try's tensors are already released)
+    for generator, state in zip(latents.generators, states):
+        generator.set_state(state)
+    free_memory()
+    half = batch // 2
+    record_fallback(ctx, f"out of memory denoising {batch} images at once; ran them as {half} + {batch - half}")
+    parts = []
+    for start, stop in ((0, half), (half, batch)):
+        part_embeddings, part_latents, part_condition, part_guidance = images_of(embeddings, latents, condition,
+                                                                                 guidance, start, stop)
+        parts.append(sample_in_halves(ctx, unet, scheduler, part_embeddings, part_latents, part_condition, guidance_rule,
+                                      part_guidance, settings))
+    return torch.cat(parts)
+
+
+def images_of(embeddings: Embeddings, latents: Latents, condition: Condition | None, guidance, start: int, stop: int):
+    """(embeddings, latents, condition, guidance) of images ``start:stop``: per-image rows sliced, shared ones kept."""
+    batch = latents.samples.shape[0]
+    embeddings = replace(embeddings, **{name: rows(getattr(embeddings, name), start, stop, batch) for name in
+                                        ("positive", "negative", "positive_pooled", "negative_pooled")})
+    latents = replace(latents, samples=latents.samples[start:stop], seeds=latents.seeds[start:stop],
+                      generators=latents.generators[start:stop], noise=rows(latents.noise, start, stop, batch))
+    if condition is not None:
+        blend = condition.blend
+        if blend is not None:
+            blend = replace(blend, mask=rows(blend.mask, start, stop, batch),
+                            image_latents=rows(blend.image_latents, start, stop, batch),
+                            noise=rows(blend.noise, start, stop, batch))
+        condition = replace(condition, concat=rows(condition.concat, start, stop, batch),
+                            class_labels=rows(condition.class_labels, start, stop, batch), blend=blend,
+                            time_ids=rows(condition.time_ids, start, stop, batch),
+                            negative_time_ids=rows(condition.negative_time_ids, start, stop, batch))
+    if isinstance(guidance, list) and len(guidance) == batch:
+        guidance = guidance[start:stop]
+    return embeddings, latents, condition, guidance
+
+
+def sample(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: Latents, condition: Condition | None,
+           guidance_rule: GuidanceRule | None, guidance: float | list[float], steps: int, strength: float, eta: float,
+           guidance_rescale: float, denoising_start: float | None, denoising_end: float | None):
+    """The sampling loop over one batch; returns the denoised latents."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -271,8 +338,10 @@ def denoise(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: L
             if i < len(timesteps) - 1:
                 keep = scheduler.add_noise(keep, blend.noise, timesteps[i + 1 : i + 2])
             x = (1 - blend.mask) * keep + blend.mask * x
+        if ctx.on_step is not None:  # a caller's hook: progress, step previews
+            ctx.on_step(ctx.node_id, i, len(timesteps), x)
 
     ctx.record.setdefault("denoise", {})[ctx.node_id] = {
         "scheduler": type(scheduler).__name__, "steps": steps, "steps_run": len(timesteps), "guidance": guidance,
         "strength": strength, "denoising_start": denoising_start, "denoising_end": denoising_end}
-    return {"latents": Latents(x, latents.seeds, latents.generators, "denoised", latents.scaling_factor)}
+    return x

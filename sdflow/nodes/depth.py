@@ -15,7 +15,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..engine import Input, Param, RunContext, node
 from .images import pixels_to_pil
-from .types import CONDITION, DEPTH_ESTIMATOR, IMAGE, IMAGE_PROCESSOR, LATENTS, Condition, Images, Latents
+from .types import (CONDITION, DEPTH_ESTIMATOR, IMAGE, IMAGE_PROCESSOR, LATENTS, Condition, ConditionFacts, Images,
+                    Latents)
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +50,7 @@ def check_depth_condition(params, inputs_meta, ctx):
     elif ctx.source_of("depth_estimator") is None or ctx.source_of("feature_extractor") is None:
         ctx.problem("depth_estimator", "no depth to condition on: wire depth_estimator and feature_extractor from a "
                     "depth model's load_model, or give a depth map file (depth_map)")
-    return {"condition": {"channels": 1, "hint": HINT.format(node=ctx.node_id)}}
+    return {"condition": ConditionFacts(channels=1, hint=HINT.format(node=ctx.node_id))}
 
 
 @node(

@@ -5,10 +5,12 @@ Either may be a list, one text per image; each distinct text is encoded once.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from ..engine import Input, Param, RunContext, node
-from .types import EMBEDDINGS, TEXT_ENCODER, TOKENIZER, Embeddings, broadcast_lists
+from ..prompt_syntax import common_length, embed_prompt
+from .types import EMBEDDINGS, TEXT_ENCODER, TOKENIZER, EmbeddingFacts, Embeddings, broadcast_lists
 
 if TYPE_CHECKING:
     import torch
@@ -38,23 +40,23 @@ def encode_distinct(texts: list[str], encode: Callable[[str], T]) -> tuple[list[
     return [done[text] for text in texts], len(done)
 
 
-def prompt_list_facts(params, ctx) -> dict:
-    """How many images a node's per-image prompt lists speak for: ``{"count": K, "count_field": longest list}``.
+def prompt_list_facts(params, ctx) -> EmbeddingFacts:
+    """How many images a node's per-image prompt lists speak for (``count``), and the longest list (``count_field``).
 
     Lists of the node must agree (each K long, or one for all); the consumer checks K against its images.
     """
     lengths = ctx.per_image_lengths(params)
     if not lengths:
-        return {"count": 1}
+        return EmbeddingFacts(count=1)
     longest = max(lengths, key=lengths.get)
     ctx.check_per_image_count(params, lengths[longest], f"'{longest}' is a list of {lengths[longest]}")
-    return {"count": lengths[longest], "count_field": longest}
+    return EmbeddingFacts(count=lengths[longest], count_field=longest)
 
 
 def check_encode_prompt(params, inputs_meta, ctx):
-    encoder = inputs_meta.get("text_encoder") or {}
-    return {"embeddings": {"dim": encoder.get("hidden_size"), "from": ctx.source_of("text_encoder"),
-                           **prompt_list_facts(params, ctx)}}
+    encoder = inputs_meta["text_encoder"]
+    counts = prompt_list_facts(params, ctx)
+    return {"embeddings": replace(counts, dim=encoder.hidden_size if encoder else None)}
 
 
 @node(
@@ -63,7 +65,8 @@ def check_encode_prompt(params, inputs_meta, ctx):
     inputs={"text_encoder": Input(TEXT_ENCODER), "tokenizer": Input(TOKENIZER)},
     outputs={"embeddings": EMBEDDINGS},
     params={
-        "prompt": Param(str, doc="what to draw", per_image=True),
+        "prompt": Param(str, doc="what to draw; (word:1.2) / (word) / [word] weights, BREAK and prompts over 77 "
+                        "tokens as AUTOMATIC1111 reads them", per_image=True),
         "negative_prompt": Param(str, "", doc="what to steer away from; empty is the plain unconditional prompt",
                                  per_image=True),
     },
@@ -75,7 +78,10 @@ def encode_prompt(ctx: RunContext, text_encoder, tokenizer, prompt: str | list[s
     texts = broadcast_lists(prompt=prompt, negative_prompt=negative_prompt)
     count = len(texts["prompt"])
     embedded, encodes = encode_distinct(texts["prompt"] + texts["negative_prompt"],
-                                        lambda text: embed_text(text_encoder, tokenizer, text, ctx.device))
+                                        lambda text: embed_prompt(text_encoder, tokenizer, text, ctx.device))
+    # long prompts: 77 tokens per chunk; a prompt and its negative get the same number of chunks
+    embedded = common_length(embedded, list(range(count)) * 2,
+                             lambda: embed_prompt(text_encoder, tokenizer, "", ctx.device), ctx.node_id, ctx.record)
     positive, negative = torch.cat(embedded[:count]), torch.cat(embedded[count:])
     ctx.record.setdefault("prompts", {})[ctx.node_id] = {"prompt": prompt, "negative_prompt": negative_prompt,
                                                          "texts_encoded": encodes}

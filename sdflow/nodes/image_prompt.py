@@ -10,11 +10,11 @@ from __future__ import annotations
 from ..engine import Input, RunContext, node
 from .images import pixels_to_pil
 from .load_model import MISSING_COMPONENT_HINTS
-from .types import EMBEDDINGS, IMAGE, IMAGE_ENCODER, IMAGE_PROCESSOR, Embeddings, Images
+from .types import EMBEDDINGS, IMAGE, IMAGE_ENCODER, IMAGE_PROCESSOR, EmbeddingFacts, Embeddings, Images
 
 def check_encode_image_prompt(params, inputs_meta, ctx):
-    encoder = inputs_meta.get("image_encoder") or {}
-    return {"embeddings": {"dim": encoder.get("projection_dim"), "from": ctx.source_of("image_encoder")}}
+    encoder = inputs_meta["image_encoder"]
+    return {"embeddings": EmbeddingFacts(dim=encoder.projection_dim if encoder else None)}
 
 
 @node(

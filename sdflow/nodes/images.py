@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..engine import Input, Param, RunContext, node
-from .types import IMAGE, LATENTS, VAE, Images, Latents, check_seed_batch, generators_for, seeds_list
-from .vae_facts import check_image_fits_vae, latent_channels
+from .memory import free_memory, record_fallback
+from .types import (IMAGE, LATENTS, VAE, ImageFacts, Images, LatentFacts, Latents, all_finite, check_seed_batch,
+                    generators_for, seeds_list)
+from .vae_facts import check_image_fits_vae
 
 if TYPE_CHECKING:
     import torch
@@ -29,10 +31,38 @@ def pixels_to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
+GRAY_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # one channel of more than 8 bits
+TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that turn the image a quarter: width and height swap
+
+
 def open_image(path: str) -> Image.Image:
+    """An image file as the user sees it: upright by its EXIF orientation, as 8-bit RGB.
+
+    Wide grayscale (16-bit PNGs: "I;16", "I") is scaled to 8 bits, not clipped (clipped, it reads near-white);
+    transparency (RGBA, LA, P or L with a transparent colour) is composited over white; CMYK and the other
+    modes go through PIL's conversion.
+    """
     with Image.open(path) as img:
         img.load()
-        return img.convert("RGB")
+        return to_rgb(ImageOps.exif_transpose(img), sixteen_bit(img))
+
+
+def sixteen_bit(image: Image.Image) -> bool:
+    """Whether an opened file's one wide channel holds 16-bit values (PIL opens 16-bit PNGs as "I;16" or "I")."""
+    return image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG")
+
+
+def to_rgb(image: Image.Image, sixteen_bit: bool = False) -> Image.Image:
+    """``image`` as 8-bit RGB (see open_image); ``sixteen_bit``: a wide grayscale image's range is 0-65535."""
+    if image.mode in GRAY_WIDE:
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max(initial=0.0)
+        full = 65535.0 if sixteen_bit or top > 255 else 1.0 if image.mode == "F" and top <= 1.0 else 255.0
+        return Image.fromarray(np.clip(np.round(array * 255.0 / full), 0, 255).astype(np.uint8)).convert("RGB")
+    if "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def check_load_image(params, inputs_meta, ctx):
@@ -44,12 +74,11 @@ def check_load_image(params, inputs_meta, ctx):
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
-            size = img.size
+            size = img.size[::-1] if img.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED else img.size
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         ctx.problem("path", f"'{params['path']}' is not a readable image ({exc})")
         return {}
-    width, height = params.get("width") or size[0], params.get("height") or size[1]
-    return {"image": {"width": width, "height": height, "count": 1}}
+    return {"image": ImageFacts(width=params["width"] or size[0], height=params["height"] or size[1], count=1)}
 
 
 @node(
@@ -71,13 +100,13 @@ def load_image(ctx: RunContext, path: str, width, height):
 
 
 def check_encode_image(params, inputs_meta, ctx):
-    vae, image = inputs_meta.get("vae") or {}, inputs_meta.get("image") or {}
+    vae, image = inputs_meta["vae"], inputs_meta["image"]
     check_image_fits_vae(ctx, image, vae)
     check_seed_batch(params, ctx)
-    images = image.get("count") or 1
+    images = (image.count if image else None) or 1
     count = len(seeds_list(params["seed"], max(params["batch_size"], images)))
-    return {"latents": {"kind": "image", "channels": latent_channels(vae) if vae else None, "count": count,
-                        "scaling_factor": vae.get("scaling_factor") if vae else None, "from": ctx.source_of("vae")}}
+    return {"latents": LatentFacts(kind="image", channels=vae.latent_channels if vae else None, count=count,
+                                   scaling_factor=vae.scaling_factor if vae else None)}
 
 
 @node(
@@ -116,16 +145,16 @@ def encode_image(ctx: RunContext, vae, image: Images, seed, batch_size: int):
 
 
 def check_decode(params, inputs_meta, ctx):
-    vae, latents = inputs_meta.get("vae") or {}, inputs_meta.get("latents") or {}
+    vae, latents = inputs_meta["vae"], inputs_meta["latents"]
     if vae and latents:
-        if latents.get("channels") and latent_channels(vae) and latents["channels"] != latent_channels(vae):
-            ctx.problem("vae", f"latents from '{ctx.source_of('latents')}' have {latents['channels']} channels but the "
-                        f"VAE from '{ctx.source_of('vae')}' decodes {latent_channels(vae)}")
-        elif latents.get("scaling_factor") and vae.get("scaling_factor") and latents["scaling_factor"] != vae["scaling_factor"]:
-            ctx.problem("vae", f"latents from '{ctx.source_of('latents')}' assume VAE scaling {latents['scaling_factor']} "
-                        f"but the VAE from '{ctx.source_of('vae')}' uses {vae['scaling_factor']}: wire the VAE that "
+        if latents.channels and vae.latent_channels and latents.channels != vae.latent_channels:
+            ctx.problem("vae", f"latents from '{ctx.source_of('latents')}' have {latents.channels} channels but the "
+                        f"VAE from '{ctx.source_of('vae')}' decodes {vae.latent_channels}")
+        elif latents.scaling_factor and vae.scaling_factor and latents.scaling_factor != vae.scaling_factor:
+            ctx.problem("vae", f"latents from '{ctx.source_of('latents')}' assume VAE scaling {latents.scaling_factor} "
+                        f"but the VAE from '{ctx.source_of('vae')}' uses {vae.scaling_factor}: wire the VAE that "
                         "made (or will make) these latents")
-    return {"image": {"count": latents.get("count")}}
+    return {"image": ImageFacts(count=latents.count if latents else None)}
 
 
 @node(
@@ -139,6 +168,67 @@ def decode(ctx: RunContext, vae, latents: Latents):
     import torch
 
     with torch.no_grad():
-        decoded = vae.decode(latents.samples.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        decoded = decode_in_halves(ctx, vae, latents.samples.to(vae.dtype) / vae.config.scaling_factor)
+        if vae.dtype != torch.float32 and not all_finite(decoded) and all_finite(latents.samples):
+            decoded = decode_in_float32(ctx, vae, latents.samples)
     pixels = (decoded / 2 + 0.5).clamp(0, 1)
     return {"image": Images(pixels, list(latents.seeds))}
+
+
+def decode_in_float32(ctx: RunContext, vae, samples: torch.Tensor) -> torch.Tensor:
+    """A half-precision VAE overflowed (NaN/Inf, as SD's and SDXL's VAEs can in float16): decode again in float32,
+    as diffusers' upcast_vae does, with a copy (the cached VAE stays as loaded); recorded as a fallback."""
+    import copy
+
+    record_fallback(ctx, f"the {str(vae.dtype).replace('torch.', '')} VAE decode gave NaN/Inf values; "
+                    "decoded again in float32")
+    upcast = copy.deepcopy(vae).float()
+    decoded = decode_in_halves(ctx, upcast, samples.float() / vae.config.scaling_factor)
+    return decoded.clamp(-1, 1).to(vae.dtype)  # (the pixels' range [0, 1] is exact enough in half precision)
+
+
+def decode_in_halves(ctx: RunContext, vae, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(z)``; out of GPU memory, the batch as two halves (recursively), and one image in tiles.
+
+    Decoding has no randomness: halves give the very pixels of the whole batch. Tiles blend at their seams,
+    as diffusers' tiled decode does, so a tiled image may differ slightly; each fallback is recorded.
+    """
+    import torch
+
+    batch = z.shape[0]
+    try:
+        return vae.decode(z, return_dict=False)[0]
+    except torch.OutOfMemoryError:
+        if batch == 1 and not hasattr(vae, "tiled_decode"):
+            raise
+    # (retried out of the except block, so the failed try's tensors are already released)
+    free_memory()
+    if batch == 1:
+        return decode_in_tiles(ctx, vae, z)
+    half = batch // 2
+    record_fallback(ctx, f"out of memory decoding {batch} images at once; decoded them as {half} + {batch - half}")
+    return torch.cat([decode_in_halves(ctx, vae, z[:half]), decode_in_halves(ctx, vae, z[half:])])
+
+
+def decode_in_tiles(ctx: RunContext, vae, z: torch.Tensor) -> torch.Tensor:
+    """One image that does not fit: diffusers' tiled VAE decode, tiles of half its larger side, then smaller."""
+    import torch
+
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    tile = max(z.shape[-2:])
+    kept = vae.tile_latent_min_size, vae.tile_sample_min_size  # the cached VAE is shared: put its sizes back
+    try:
+        while (tile := (tile + 1) // 2) >= 4:  # (smaller tiles would leave no overlap to blend)
+            vae.tile_latent_min_size, vae.tile_sample_min_size = tile, tile * factor
+            try:
+                decoded = vae.tiled_decode(z, return_dict=False)[0]
+            except torch.OutOfMemoryError:
+                decoded = None
+            if decoded is not None:
+                record_fallback(ctx, f"out of memory decoding one {z.shape[-1] * factor}x{z.shape[-2] * factor} "
+                                f"image; decoded it in tiles of {tile * factor} px (diffusers' tiled VAE decode)")
+                return decoded
+            free_memory()
+    finally:
+        vae.tile_latent_min_size, vae.tile_sample_min_size = kept
+    raise torch.OutOfMemoryError(f"{ctx.node_id}: out of memory decoding one image, even in tiles")

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..engine import Input, Param, RunContext, node
-from .types import (CONDITION, IMAGE, LATENTS, MASK, VAE, Condition, Images, Latents, Mask, MaskBlend, check_seed_batch,
-                    generators_for, seeds_list)
-from .vae_facts import check_image_fits_vae, latent_channels
+from .types import (CONDITION, IMAGE, LATENTS, MASK, VAE, Condition, ConditionFacts, ImageFacts, Images, LatentFacts,
+                    Latents, Mask, MaskBlend, check_seed_batch, generators_for, seeds_list)
+from .vae_facts import check_image_fits_vae
 
 if TYPE_CHECKING:
     import torch
@@ -29,23 +29,22 @@ HINTS = {
 
 
 def check_inpaint_condition(params, inputs_meta, ctx):
-    vae, image, mask = (inputs_meta.get(k) or {} for k in ("vae", "image", "mask"))
-    image_size, mask_size = (image.get("width"), image.get("height")), (mask.get("width"), mask.get("height"))
+    vae, image, mask = inputs_meta["vae"], inputs_meta["image"] or ImageFacts(), inputs_meta["mask"] or ImageFacts()
+    image_size, mask_size = (image.width, image.height), (mask.width, mask.height)
     if None not in image_size + mask_size and image_size != mask_size:
-        ctx.problem("mask", f"the mask from '{ctx.source_of('mask')}' is {mask['width']}x{mask['height']} but the image "
-                    f"from '{ctx.source_of('image')}' is {image['width']}x{image['height']}; give them the same size "
+        ctx.problem("mask", f"the mask from '{ctx.source_of('mask')}' is {mask.width}x{mask.height} but the image "
+                    f"from '{ctx.source_of('image')}' is {image.width}x{image.height}; give them the same size "
                     "(load_image/load_mask width and height)")
     check_image_fits_vae(ctx, image, vae)
     check_seed_batch(params, ctx)
-    channels = latent_channels(vae) if vae else None
+    channels = vae.latent_channels if vae else None
     strength = params["strength"]
-    count = len(seeds_list(params["seed"], max(params["batch_size"], image.get("count") or 1)))
+    count = len(seeds_list(params["seed"], max(params["batch_size"], image.count or 1)))
     return {
-        "latents": {"kind": "noise" if strength == 1.0 else "image", "channels": channels, "strength": strength,
-                    "count": count,
-                    "scaling_factor": vae.get("scaling_factor") if vae else None, "from": ctx.source_of("vae")},
-        "condition": {"channels": 1 + channels if params["mode"] == "concat" and channels else 0,
-                      "hint": HINTS[params["mode"]].format(node=ctx.node_id)},
+        "latents": LatentFacts(kind="noise" if strength == 1.0 else "image", channels=channels, strength=strength,
+                               count=count, scaling_factor=vae.scaling_factor if vae else None),
+        "condition": ConditionFacts(channels=1 + channels if params["mode"] == "concat" and channels else 0,
+                                    hint=HINTS[params["mode"]].format(node=ctx.node_id)),
     }
 
 

@@ -12,12 +12,14 @@ a text2img ``denoise`` (nothing is decoded), and differs from the SD loop in fou
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..engine import Input, Param, RunContext, node
 from .denoise import per_batch
 from .encode_prompt import encode_distinct
-from .types import LATENTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, Latents, broadcast_lists
+from .types import (LATENTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, LatentFacts, Latents, broadcast_lists,
+                    generators_for, seeds_list)
 
 if TYPE_CHECKING:
     import torch
@@ -38,34 +40,35 @@ def encode_pooled(text_encoder, tokenizer, text: str, device: str) -> tuple[torc
 
 
 def check_latent_upscale(params, inputs_meta, ctx):
-    unet = inputs_meta.get("unet") or {}
-    encoder = inputs_meta.get("text_encoder") or {}
-    latents = inputs_meta.get("latents") or {}
-    out = {"latents": {**latents, "kind": "denoised"}}
-    if latents.get("count"):
-        count = latents["count"]
+    unet, encoder = inputs_meta["unet"], inputs_meta["text_encoder"]
+    latents = inputs_meta["latents"] or LatentFacts()
+    out = {"latents": replace(latents, kind="denoised")}
+    if latents.count:
+        count = latents.count
         ctx.check_per_image_count(params, count, f"'{ctx.source_of('latents')}' holds {count} "
                                   f"image{'s' if count != 1 else ''}, one per seed")
-    if unet.get("in_channels") is not None and unet.get("time_cond_proj_dim") is None:
-        ctx.problem("unet", f"the UNet from '{ctx.source_of('unet')}' ({unet.get('source')}) takes no timestep condition, so it is not a "
+    if unet is None:
+        return out
+    if unet.in_channels is not None and unet.time_cond_proj_dim is None:
+        ctx.problem("unet", f"the UNet from '{ctx.source_of('unet')}' ({unet.source}) takes no timestep condition, so it is not a "
                     "latent upscaler UNet; point model.latent_upscaler at stabilityai/sd-x2-latent-upscaler "
                     "(or builtin:tiny-latent-upscale)")
         return out
-    channels = latents.get("channels")
-    if unet and channels and unet.get("in_channels") not in (None, 2 * channels):
-        ctx.problem("latents", f"the latent upscaler UNet from '{ctx.source_of('unet')}' takes {unet['in_channels']} "
-                    f"input channels ({unet['in_channels'] // 2} latent + as many image channels), but the latents "
+    channels = latents.channels
+    if channels and unet.in_channels not in (None, 2 * channels):
+        ctx.problem("latents", f"the latent upscaler UNet from '{ctx.source_of('unet')}' takes {unet.in_channels} "
+                    f"input channels ({unet.in_channels // 2} latent + as many image channels), but the latents "
                     f"from '{ctx.source_of('latents')}' have {channels} channels: wire latents made with a VAE of "
-                    f"{unet['in_channels'] // 2} latent channels (an SD1/SD2 model for sd-x2-latent-upscaler)")
-    hidden = encoder.get("hidden_size")
-    if unet and hidden:
-        if unet.get("cross_attention_dim") not in (None, hidden):
+                    f"{unet.in_channels // 2} latent channels (an SD1/SD2 model for sd-x2-latent-upscaler)")
+    hidden = encoder.hidden_size if encoder else None
+    if hidden:
+        if unet.cross_attention_dim not in (None, hidden):
             ctx.problem("text_encoder", f"the UNet from '{ctx.source_of('unet')}' attends to "
-                        f"{unet['cross_attention_dim']}-wide text states, but '{ctx.source_of('text_encoder')}' "
+                        f"{unet.cross_attention_dim}-wide text states, but '{ctx.source_of('text_encoder')}' "
                         f"gives {hidden}-wide ones: use the upscaler's own text encoder")
-        elif unet.get("time_cond_proj_dim") != NOISE_LEVEL_EMBED_DIM + hidden:
+        elif unet.time_cond_proj_dim != NOISE_LEVEL_EMBED_DIM + hidden:
             ctx.problem("unet", f"the UNet from '{ctx.source_of('unet')}' has time_cond_proj_dim "
-                        f"{unet.get('time_cond_proj_dim')}, not {NOISE_LEVEL_EMBED_DIM} + {hidden} (noise-level "
+                        f"{unet.time_cond_proj_dim}, not {NOISE_LEVEL_EMBED_DIM} + {hidden} (noise-level "
                         "embedding + pooled text): it is not a latent upscaler UNet like stabilityai/sd-x2-latent-upscaler")
     return out
 
@@ -87,11 +90,15 @@ def check_latent_upscale(params, inputs_meta, ctx):
         "negative_prompt": Param(str, "", doc="the unconditional half of CFG", per_image=True),
         "steps": Param(int, 75, min=1, max=1000, doc="Euler steps"),
         "guidance": Param(float, 9.0, min=0.0, max=100.0, doc="classifier-free guidance scale; <= 1 turns CFG off"),
+        "seed": Param("seeds", None, nullable=True, per_image=True,
+                      doc="the seed of each image's upscaler noise; null or the image's own seed continues that "
+                          "image's generator (diffusers' documented chain passes one generator to both pipelines), "
+                          "another seed starts a fresh one"),
     },
     check=check_latent_upscale,
 )
 def latent_upscale(ctx: RunContext, unet, scheduler, text_encoder, tokenizer, latents: Latents, prompt: str | list[str],
-                   negative_prompt: str | list[str], steps: int, guidance: float):
+                   negative_prompt: str | list[str], steps: int, guidance: float, seed: int | list[int] | None = None):
     import torch
     import torch.nn.functional as F
     from diffusers.utils.torch_utils import randn_tensor
@@ -124,10 +131,11 @@ def latent_upscale(ctx: RunContext, unet, scheduler, text_encoder, tokenizer, la
 
     scheduler.set_timesteps(steps, device=ctx.device)
     timesteps = scheduler.timesteps
-    # Starting noise at twice the size, from each image's own generator (after what text2img drew from it).
+    # Starting noise at twice the size, from each image's own generator (after what text2img drew from it),
+    # or from a fresh one where this stage has a seed of its own.
+    generators = stage_generators(latents, seed)
     channels, height, width = latents.samples.shape[1:]
-    x = randn_tensor((batch, channels, height * 2, width * 2), generator=latents.generators, device=ctx.device,
-                     dtype=dtype)
+    x = randn_tensor((batch, channels, height * 2, width * 2), generator=generators, device=ctx.device, dtype=dtype)
     x = x * scheduler.init_noise_sigma
 
     for i, t in enumerate(ctx.steps(timesteps, total=len(timesteps), desc=f"{ctx.node_id} (latent x2)")):
@@ -151,5 +159,18 @@ def latent_upscale(ctx: RunContext, unet, scheduler, text_encoder, tokenizer, la
 
     ctx.record.setdefault("latent_upscale", {})[ctx.node_id] = {"steps": steps, "guidance": guidance,
                                                                "prompt": "" if guidance == 0 else prompt,
-                                                               "negative_prompt": negative_prompt}
-    return {"latents": Latents(x, latents.seeds, latents.generators, "denoised", latents.scaling_factor)}
+                                                               "negative_prompt": negative_prompt,
+                                                               "seed": seeds_list(seed, batch) if seed is not None else None}
+    return {"latents": Latents(x, latents.seeds, generators, "denoised", latents.scaling_factor)}
+
+
+def stage_generators(latents: Latents, seed: int | list[int] | None) -> list:
+    """Each image's generator for a later stage: its own, continued (no seed, or the image's own seed), or a fresh
+    one from the stage's seed (an int: seed, seed+1, ... as for the images; a list: one per image)."""
+    if seed is None:
+        return list(latents.generators)
+    seeds = seeds_list(seed, len(latents.seeds))
+    if len(seeds) != len(latents.seeds):
+        raise ValueError(f"{len(seeds)} seeds for {len(latents.seeds)} images: give one int, or a list of one per image")
+    return [generator if s == own else generators_for([s], "cpu")[0]
+            for s, own, generator in zip(seeds, latents.seeds, latents.generators)]

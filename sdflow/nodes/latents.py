@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from ..engine import Input, Param, RunContext, node
-from .types import LATENTS, VAE, Latents, check_seed_batch, generators_for, seeds_list
-from .vae_facts import latent_channels, vae_scale_factor
+from .types import LATENTS, VAE, LatentFacts, Latents, check_seed_batch, generators_for, seeds_list
 
 
 def check_init_latents(params, inputs_meta, ctx):
-    vae = inputs_meta.get("vae") or {}
+    vae = inputs_meta["vae"]
     check_seed_batch(params, ctx)
     count = len(seeds_list(params["seed"], params["batch_size"]))
-    if not vae:
-        return {"latents": {"kind": "noise", "count": count}}
-    factor = vae_scale_factor(vae)
+    if vae is None:
+        return {"latents": LatentFacts(kind="noise", count=count)}
     for name in ("width", "height"):
-        if params[name] % factor:
-            ctx.problem(name, f"must be a multiple of {factor} (this VAE's downscale factor), given {params[name]}")
-    return {"latents": {"kind": "noise", "channels": latent_channels(vae), "scaling_factor": vae.get("scaling_factor"),
-                        "from": ctx.source_of("vae"), "count": count}}
+        if params[name] % vae.scale_factor:
+            ctx.problem(name, f"must be a multiple of {vae.scale_factor} (this VAE's downscale factor), "
+                        f"given {params[name]}")
+    return {"latents": LatentFacts(kind="noise", channels=vae.latent_channels, scaling_factor=vae.scaling_factor,
+                                   count=count)}
 
 
 @node(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import fields
 
 from ..engine import ModelSourceError, Param, RunContext, node
-from ..models.sources import ModelSource, SourceError, resolve_source
+from ..models.single_file import component_problem as single_file_problem
+from ..models.single_file import load_component as load_single_file_component
+from ..models.sources import ModelSource, SourceError, hub_offline, hub_problem, resolve_source, weights_problem
 from .types import (DEPTH_ESTIMATOR, IMAGE_ENCODER, IMAGE_PROCESSOR, SAFETY_CHECKER, SCHEDULER, TEXT_ENCODER,
-                    TOKENIZER, UNET, VAE, SafetyChecker)
+                    TOKENIZER, UNET, VAE, ComponentFacts, ImageEncoderFacts, SafetyChecker, SchedulerFacts,
+                    TextEncoderFacts, UNetFacts)
+from .vae_facts import vae_facts
 
 # model_index.json names classes; only these may be loaded, so a model folder cannot make sdflow
 # import an arbitrary object.
@@ -85,10 +90,13 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
     key = (source.location, component, ctx.dtype if is_module else "-", ctx.device if is_module else "-") + (
         ("compiled",) if compiled else ())
 
+    # a single-file checkpoint: its modules are converted from the file, the rest read from its configs folder
+    where = str(source.folder) if source.file is not None else source.location
+
     def load():
-        kwargs = {"subfolder": component}
+        kwargs = {"subfolder": component, **source.loader_kwargs()}  # cached hub model, hub unreachable: cache only
         if hasattr(cls, "set_timesteps"):
-            return cls.from_pretrained(source.location, **kwargs)
+            return cls.from_pretrained(where, **kwargs)
         if is_module:
             if ctx.dtype not in DTYPES:
                 raise ValueError(f"dtype '{ctx.dtype}' is not one of {', '.join(DTYPES)}")
@@ -97,10 +105,13 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
             kwargs["torch_dtype"] = getattr(torch, ctx.dtype)
             # Safetensors only, unless the user opts in: a pickle checkpoint can run code when loaded.
             kwargs["use_safetensors"] = None if allow_pickle else True  # None: safetensors first, then pickle
-            model = cls.from_pretrained(source.location, **kwargs)
+            if source.file is not None:
+                model = load_single_file_component(source, component, kwargs["torch_dtype"])
+            else:
+                model = cls.from_pretrained(where, **kwargs)
             model = model.to(ctx.device).eval().requires_grad_(False)
-            return compile_module(model, component, ctx.device) if compiled else model
-        return cls.from_pretrained(source.location, **kwargs)
+            return compile_module(model, component, ctx.device, ctx.compile) if compiled else model
+        return cls.from_pretrained(where, **kwargs)
 
     return ctx.cache.get(key, load)
 
@@ -110,41 +121,76 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
 COMPILED_COMPONENTS = ("unet", "vae")
 
 
-def compile_module(model, component: str, device: str):
-    """torch.compile the part that runs hot; channels_last first on CUDA, where convolutions prefer it."""
+def compile_module(model, component: str, device: str, mode):
+    """torch.compile the part that runs hot; channels_last first on CUDA, where convolutions prefer it.
+
+    ``mode``: True (torch's default), or a torch.compile mode: "reduce-overhead" (CUDA graphs, for small
+    batches), "max-autotune".
+    """
     import torch
 
+    options = {} if mode is True else {"mode": str(mode)}
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     if component == "vae":
-        model.decoder = torch.compile(model.decoder)
+        model.decoder = torch.compile(model.decoder, **options)
         return model
-    return torch.compile(model)
+    return torch.compile(model, **options)
+
+
+def component_facts(component: str, source: str, config: dict, index: dict):
+    """A model part's validation facts, from its config.json (and its model's model_index.json)."""
+    if component == "unet":
+        return UNetFacts(source, **{name: config.get(name) for name in UNET_CONFIG_KEYS},
+                         force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt"))
+    if component == "vae":
+        return vae_facts(source, config)
+    if component in ("text_encoder", "text_encoder_2"):
+        return TextEncoderFacts(source, hidden_size=config.get("hidden_size"), projection_dim=config.get("projection_dim"))
+    if component == "image_encoder":
+        return ImageEncoderFacts(source, projection_dim=config.get("projection_dim"))
+    if component in ("scheduler", "low_res_scheduler"):
+        return SchedulerFacts(source, max_noise_level=index.get("max_noise_level"))
+    return ComponentFacts(source)
+
+
+UNET_CONFIG_KEYS = [f.name for f in fields(UNetFacts) if f.name not in ("source", "force_zeros_for_empty_prompt")]
 
 
 def check_load_model(params, inputs_meta, ctx):
     try:
         # Built-in models are built here on first use (seconds, once per machine) so their configs can be checked.
-        source = resolve_source(params["source"])
+        source = resolve_source(params["source"], params["config"] or None, params["allow_pickle"])
     except SourceError as exc:
         ctx.problem("source", str(exc))
         return {}
     if source.folder is None:  # a hub id not downloaded yet: its configs are checked when it loads
-        return {"_source": source.spec}
+        problem = hub_problem(source.hub_id)  # ... if it can be downloaded at all: say so now, not after retries
+        if problem:
+            ctx.problem("source", problem)
+        return {}
     index = source.model_index() or {}
-    meta = {"_source": source.spec}
+    facts = {}
     for component in list(PLAIN_OUTPUTS) + ["safety_checker"]:
         entry = index.get(component)
         present = bool(entry) and entry[0] is not None
-        meta[component] = {"source": source.spec, "present": present, "index": index,
-                           **(source.component_config(component) or {})}
+        wired = component in ctx.used_outputs
+        if present:
+            facts[component] = component_facts(component, source.spec, source.component_config(component) or {}, index)
         # A missing safety checker is fine (the safety_check node skips it, and says so).
-        if not present and component in ctx.used_outputs and component != "safety_checker":
+        if not present and wired and component != "safety_checker":
             ctx.problem("source", f"{source.spec} has no '{component}' component, but "
                         f"'{ctx.node_id}.{component}' is wired to another node (is it the right kind of model?)"
                         + (f"; this workflow needs {MISSING_COMPONENT_HINTS[component]}"
                            if component in MISSING_COMPONENT_HINTS else ""))
-    return meta
+        # Weights are only looked at (headers, not tensors) where the run would load them: a local folder, or the
+        # cache of a hub model when HF_HUB_OFFLINE leaves nothing else (else loading may still download them).
+        if present and wired and component in MODULE_COMPONENTS and (source.hub_id is None or hub_offline()):
+            problem = (single_file_problem(source, component) if source.file is not None
+                       else weights_problem(source.folder / component, params["allow_pickle"]))
+            if problem:
+                ctx.problem("source", f"{source.spec}: {problem}")
+    return facts
 
 
 @node(
@@ -152,14 +198,17 @@ def check_load_model(params, inputs_meta, ctx):
     "Load a Stable Diffusion model's components (built-in name, local diffusers folder or hub id), each once per process.",
     outputs={**PLAIN_OUTPUTS, "safety_checker": SAFETY_CHECKER},
     params={
-        "source": Param(str, doc="builtin:NAME, a local diffusers folder, or a hub id"),
+        "source": Param(str, doc="builtin:NAME, a local diffusers folder, a single-file checkpoint "
+                        "(.safetensors in the original SD1/SD2/SDXL layout), or a hub id"),
         "allow_pickle": Param(bool, False, doc="also load .bin/.ckpt pickle weights (they can run code: trust the source)"),
+        "config": Param(str, "", doc="single-file checkpoints: the diffusers configs of its architecture, a shipped "
+                        "name (sd15, sd2, sd2_base, sdxl, sdxl_refiner) or a folder; empty: read from its tensors"),
     },
     check=check_load_model,
 )
-def load_model(ctx: RunContext, source: str, allow_pickle: bool):
+def load_model(ctx: RunContext, source: str, allow_pickle: bool, config: str = ""):
     try:
-        resolved = resolve_source(source)
+        resolved = resolve_source(source, config or None, allow_pickle)
     except SourceError as exc:
         raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source", str(exc)) from None
     ctx.record.setdefault("models", {})[ctx.node_id] = {"source": source, "resolved": resolved.location}
@@ -175,8 +224,9 @@ def load_model(ctx: RunContext, source: str, allow_pickle: bool):
         outputs["safety_checker"] = checker
     except ModelSourceError as exc:
         raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source", exc.problem.message) from None
-    except OSError as exc:
-        # diffusers/transformers raise OSError for unreachable hub ids, missing files and refused pickles.
+    except (OSError, ValueError) as exc:
+        # diffusers/transformers raise OSError for unreachable hub ids, missing files and refused pickles, and
+        # ValueError for weights that do not fit their config (a tensor of another shape).
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = ""
         if not allow_pickle and resolved.folder is not None and any(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..engine import Param, RunContext, node
-from .images import check_load_image
+from .images import GRAY_WIDE, check_load_image, sixteen_bit, to_rgb
 from .types import MASK, Mask
 
 
@@ -33,7 +33,9 @@ def load_mask(ctx: RunContext, path: str, width, height):
 
     with Image.open(Path(path).expanduser()) as img:
         img.load()
-        mask = img.copy()
+        mask = ImageOps.exif_transpose(img)  # upright as shown, like its image (and as check_load_image sizes it)
+        if mask.mode in GRAY_WIDE:  # 16-bit: scaled to 8 bits, not clipped to white (repaint everything)
+            mask = to_rgb(mask, sixteen_bit(img))
     if width or height:  # resized before the grayscale conversion, as diffusers' mask processor does
         mask = mask.resize((width or mask.width, height or mask.height), Image.LANCZOS)
     array = np.array(mask.convert("L")).astype(np.float32) / 255.0

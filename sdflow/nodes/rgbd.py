@@ -8,24 +8,22 @@ depth = the last one. The shared ``decode`` node stays RGB-only; this one has th
 from __future__ import annotations
 
 from ..engine import Input, RunContext, node
-from .types import IMAGE, LATENTS, VAE, Images, Latents
-from .vae_facts import latent_channels
+from .types import IMAGE, LATENTS, VAE, ImageFacts, Images, LatentFacts, Latents
 
 RGBD_CHANNELS = 4
 
 
 def check_decode_rgbd(params, inputs_meta, ctx):
-    vae, latents = inputs_meta.get("vae") or {}, inputs_meta.get("latents") or {}
-    if vae and vae.get("out_channels") not in (None, RGBD_CHANNELS):
-        source = vae.get("source") or ctx.source_of("vae")
+    vae, latents = inputs_meta["vae"], inputs_meta["latents"] or LatentFacts()
+    if vae and vae.out_channels not in (None, RGBD_CHANNELS):
         ctx.problem("vae", f"decode_rgbd needs an RGB + depth VAE with {RGBD_CHANNELS} output channels (an LDM3D-4c "
-                    f"model like Intel/ldm3d-4c), but the VAE from '{ctx.source_of('vae')}' ({source}) decodes "
-                    f"{vae['out_channels']}: run with model=ldm3d (or model=tiny_ldm3d), or point model.path at an "
+                    f"model like Intel/ldm3d-4c), but the VAE from '{ctx.source_of('vae')}' ({vae.source}) decodes "
+                    f"{vae.out_channels}: run with model=ldm3d (or model=tiny_ldm3d), or point model.path at an "
                     "LDM3D-4c folder")
-    elif vae and latents.get("channels") and latent_channels(vae) and latents["channels"] != latent_channels(vae):
-        ctx.problem("latents", f"latents from '{ctx.source_of('latents')}' have {latents['channels']} channels but the "
-                    f"VAE from '{ctx.source_of('vae')}' decodes {latent_channels(vae)}")
-    return {"image": {"channels": 3, "count": latents.get("count")}, "depth": {"channels": 1, "count": latents.get("count")}}
+    elif vae and latents.channels and vae.latent_channels and latents.channels != vae.latent_channels:
+        ctx.problem("latents", f"latents from '{ctx.source_of('latents')}' have {latents.channels} channels but the "
+                    f"VAE from '{ctx.source_of('vae')}' decodes {vae.latent_channels}")
+    return {"image": ImageFacts(channels=3, count=latents.count), "depth": ImageFacts(channels=1, count=latents.count)}
 
 
 @node(

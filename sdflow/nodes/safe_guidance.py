@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..engine import Input, Param, RunContext, node
 from .encode_prompt import embed_text
-from .types import GUIDANCE, TEXT_ENCODER, TOKENIZER
+from .types import GUIDANCE, TEXT_ENCODER, TOKENIZER, GuidanceFacts
 
 if TYPE_CHECKING:
     import torch
@@ -69,8 +69,8 @@ class SafeLatentGuidance:
 
 
 def check_safe_guidance(params, inputs_meta, ctx):
-    encoder = inputs_meta.get("text_encoder") or {}
-    return {"guidance_rule": {"dim": encoder.get("hidden_size"), "from": ctx.source_of("text_encoder")}}
+    encoder = inputs_meta["text_encoder"]
+    return {"guidance_rule": GuidanceFacts(dim=encoder.hidden_size if encoder else None)}
 
 
 @node(

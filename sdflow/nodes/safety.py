@@ -14,7 +14,7 @@ log = logging.getLogger("sdflow.safety")
 
 
 def check_safety_check(params, inputs_meta, ctx):
-    return {"image": inputs_meta.get("image") or {}}  # the same images, some perhaps blacked out
+    return {"image": inputs_meta["image"]}  # the same images, some perhaps blacked out
 
 
 @node(

@@ -62,6 +62,10 @@ def scheduler_class(name: str):
     return getattr(diffusers, ALIASES.get(name, name))
 
 
+def check_scheduler(params, inputs_meta, ctx):
+    return {"scheduler": inputs_meta["scheduler"]}  # the same model's noise schedule, stepped another way
+
+
 @node(
     "scheduler",
     "Use another diffusers scheduler with the model's noise schedule (like Scheduler.from_config(pipe.scheduler.config)).",
@@ -72,6 +76,7 @@ def scheduler_class(name: str):
                       choices=tuple(scheduler_names())),
         "karras_sigmas": Param(bool, False, doc="use Karras sigmas (schedulers that support them)"),
     },
+    check=check_scheduler,
 )
 def scheduler(ctx: RunContext, scheduler, name: str, karras_sigmas: bool):
     cls = scheduler_class(name) or type(scheduler)

@@ -8,43 +8,29 @@ ids (sizes, crop, aesthetic score) that the UNet's "text_time" added embedding r
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..engine import Input, Param, RunContext, node
+from ..prompt_syntax import common_length, embed_prompt_sdxl
 from .encode_prompt import encode_distinct, prompt_list_facts
-from .types import (CONDITION, EMBEDDINGS, TEXT_ENCODER, TOKENIZER, UNET, Condition, Embeddings, broadcast_lists,
-                    per_image_list)
+from .types import (CONDITION, EMBEDDINGS, IMAGE, TEXT_ENCODER, TOKENIZER, UNET, Condition, ConditionFacts,
+                    EmbeddingFacts, Embeddings, Images, broadcast_lists, per_image_list)
 
 NEEDS_SDXL = "an SDXL model: model=tiny_sdxl (built in), model=sdxl, or model.path=/path/to/an/sdxl/folder"
 
 
-def encode_sdxl_text(text_encoders, tokenizers, text: str, device: str):
-    """[1, 77, sum of widths] penultimate hidden states and the [1, dim] pooled embedding of the last encoder."""
-    import torch
-
-    hidden, pooled = [], None
-    for encoder, tokenizer in zip(text_encoders, tokenizers):
-        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        with torch.no_grad():
-            out = encoder(ids, output_hidden_states=True)
-        if pooled is None and out[0].ndim == 2:  # CLIPTextModelWithProjection's projected text_embeds
-            pooled = out[0]
-        hidden.append(out.hidden_states[-2])  # SDXL always reads the penultimate layer
-    return torch.cat(hidden, dim=-1), pooled
-
-
 def check_encode_prompt_sdxl(params, inputs_meta, ctx):
-    first, second = inputs_meta.get("text_encoder") or {}, inputs_meta.get("text_encoder_2") or {}
+    first, second = inputs_meta["text_encoder"], inputs_meta["text_encoder_2"]
     if (ctx.source_of("text_encoder") is None) != (ctx.source_of("tokenizer") is None):
         ctx.problem("tokenizer", "wire text_encoder and tokenizer together, or neither (an SDXL refiner has only the second)")
     counts = prompt_list_facts(params, ctx)
-    if not second:
+    if second is None:
         return {"embeddings": counts}
-    dim = (first.get("hidden_size") or 0) + (second.get("hidden_size") or 0)
-    return {"embeddings": {"dim": dim or None, "pooled_dim": second.get("projection_dim"),
-                           "from": ctx.source_of("text_encoder_2"), **counts,
-                           # sdxl_condition checks these against the model of the UNet they will condition
-                           "force_zeros": params["force_zeros_for_empty_prompt"],
-                           "empty_negative": not all(per_image_list(params["negative_prompt"]))}}
+    dim = ((first.hidden_size if first else None) or 0) + (second.hidden_size or 0)
+    return {"embeddings": replace(counts, dim=dim or None, pooled_dim=second.projection_dim,
+                                  # sdxl_condition checks these against the model of the UNet they will condition
+                                  force_zeros=params["force_zeros_for_empty_prompt"],
+                                  empty_negative=not all(per_image_list(params["negative_prompt"])))}
 
 
 @node(
@@ -58,7 +44,8 @@ def check_encode_prompt_sdxl(params, inputs_meta, ctx):
     },
     outputs={"embeddings": EMBEDDINGS},
     params={
-        "prompt": Param(str, doc="what to draw", per_image=True),
+        "prompt": Param(str, doc="what to draw; (word:1.2) / (word) / [word] weights, BREAK and prompts over 77 "
+                        "tokens as AUTOMATIC1111 reads them", per_image=True),
         "negative_prompt": Param(str, "", doc="what to steer away from", per_image=True),
         "force_zeros_for_empty_prompt": Param(bool, True, doc="an empty negative prompt gives zero embeddings, as "
                                               "the model's model_index.json says (SDXL base: true, refiner: false)"),
@@ -78,7 +65,11 @@ def encode_prompt_sdxl(ctx: RunContext, text_encoder, tokenizer, text_encoder_2,
     # An empty negative is zeros when the model says so, image by image (as that image made alone).
     zeroed = [force_zeros_for_empty_prompt and not text for text in texts["negative_prompt"]]
     encoded, encodes = encode_distinct(texts["prompt"] + [t for t, z in zip(texts["negative_prompt"], zeroed) if not z],
-                                       lambda text: encode_sdxl_text(encoders, tokenizers, text, ctx.device))
+                                       lambda text: embed_prompt_sdxl(encoders, tokenizers, text, ctx.device))
+    # long prompts: 77 tokens per chunk; a prompt and its negative get the same number of chunks
+    hidden = common_length([h for h, _ in encoded], list(range(count)) + [i for i, z in enumerate(zeroed) if not z],
+                           lambda: embed_prompt_sdxl(encoders, tokenizers, "", ctx.device)[0], ctx.node_id, ctx.record)
+    encoded = [(h, p) for h, (_, p) in zip(hidden, encoded)]
     positives, encoded_negatives = encoded[:count], iter(encoded[count:])
     negatives = [tuple(map(torch.zeros_like, positives[0])) if z else next(encoded_negatives) for z in zeroed]
     positive, pooled = torch.cat([h for h, _ in positives]), torch.cat([p for _, p in positives])
@@ -103,39 +94,41 @@ def time_id_lists(params) -> tuple[list[float], list[float]]:
 
 
 def check_sdxl_condition(params, inputs_meta, ctx):
-    unet, embeddings = inputs_meta.get("unet") or {}, inputs_meta.get("embeddings") or {}
+    unet, embeddings = inputs_meta["unet"], inputs_meta["embeddings"] or EmbeddingFacts()
     count = len(time_id_lists(params)[0])
-    if unet and unet.get("addition_embed_type") != "text_time":
+    if unet and unet.addition_embed_type != "text_time":
         ctx.problem("unet", f"the UNet from '{ctx.source_of('unet')}' takes no SDXL size conditioning "
                     f"(addition_embed_type is not 'text_time'); this node needs {NEEDS_SDXL}")
-    elif unet and embeddings.get("pooled_dim"):
-        expected = unet.get("projection_class_embeddings_input_dim")
-        given = unet["addition_time_embed_dim"] * count + embeddings["pooled_dim"]
+    elif unet and embeddings.pooled_dim and unet.addition_time_embed_dim is not None:
+        expected = unet.projection_class_embeddings_input_dim
+        given = unet.addition_time_embed_dim * count + embeddings.pooled_dim
         if expected is not None and expected != given:
             hint = ("it takes an aesthetic score (an SDXL refiner): set aesthetic_score" if expected < given
                     else "it takes target sizes (an SDXL base): set aesthetic_score to null")
             ctx.problem("aesthetic_score", f"the UNet from '{ctx.source_of('unet')}' expects {expected} added-embedding "
-                        f"inputs, but {count} time ids x {unet['addition_time_embed_dim']} + {embeddings['pooled_dim']} "
+                        f"inputs, but {count} time ids x {unet.addition_time_embed_dim} + {embeddings.pooled_dim} "
                         f"pooled from '{ctx.source_of('embeddings')}' give {given}; {hint}")
     # The model that owns the UNet decides (a refiner borrows the base's encoder but not its setting).
-    wanted = (unet.get("index") or {}).get("force_zeros_for_empty_prompt")
-    if wanted is not None and embeddings.get("empty_negative") and embeddings.get("force_zeros") != wanted:
+    wanted = unet.force_zeros_for_empty_prompt if unet else None
+    if wanted is not None and embeddings.empty_negative and embeddings.force_zeros != wanted:
         ctx.problem("embeddings", f"'{ctx.source_of('embeddings')}' has force_zeros_for_empty_prompt "
-                    f"{str(embeddings['force_zeros']).lower()}, but the model of '{ctx.source_of('unet')}' sets "
+                    f"{str(embeddings.force_zeros).lower()}, but the model of '{ctx.source_of('unet')}' sets "
                     f"{str(wanted).lower()} in its model_index.json: set it to match (force_zeros_for_empty_prompt="
                     f"{str(wanted).lower()} on the command line for workflow=sdxl)")
-    return {"condition": {"time_ids": count}}
+    return {"condition": ConditionFacts(time_ids=count)}
 
 
 @node(
     "sdxl_condition",
     "SDXL micro-conditioning: original size, crop and target size (base) or aesthetic score (refiner) as UNet time ids.",
     inputs={"unet": Input(UNET, "the SDXL UNet that reads the time ids"),
-            "embeddings": Input(EMBEDDINGS, "SDXL embeddings: their pooled width completes the added embedding")},
+            "embeddings": Input(EMBEDDINGS, "SDXL embeddings: their pooled width completes the added embedding"),
+            "image": Input(IMAGE, "img2img: the input image, whose size is the output size (width and height are "
+                           "then not used), as StableDiffusionXLImg2ImgPipeline takes it", optional=True)},
     outputs={"condition": CONDITION},
     params={
-        "width": Param(int, 1024, min=8, max=8192, doc="the output width"),
-        "height": Param(int, 1024, min=8, max=8192, doc="the output height"),
+        "width": Param(int, 1024, min=8, max=8192, doc="the output width (unless an image is wired)"),
+        "height": Param(int, 1024, min=8, max=8192, doc="the output height (unless an image is wired)"),
         "original_width": Param(int, None, nullable=True, min=1, max=16384, doc="claimed source width (default: width)"),
         "original_height": Param(int, None, nullable=True, min=1, max=16384, doc="claimed source height (default: height)"),
         "crop_top": Param(int, 0, min=0, max=16384, doc="claimed crop offset from the top"),
@@ -148,9 +141,11 @@ def check_sdxl_condition(params, inputs_meta, ctx):
     },
     check=check_sdxl_condition,
 )
-def sdxl_condition(ctx: RunContext, unet, embeddings: Embeddings, **params):
+def sdxl_condition(ctx: RunContext, unet, embeddings: Embeddings, image: Images | None = None, **params):
     import torch
 
+    if image is not None:  # img2img: the sizes follow the image (the defaults of original and target size)
+        params["height"], params["width"] = image.pixels.shape[-2:]
     positive, negative = time_id_lists(params)
     given = unet.config.addition_time_embed_dim * len(positive) + embeddings.positive_pooled.shape[-1]
     if given != unet.add_embedding.linear_1.in_features:

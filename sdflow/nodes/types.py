@@ -10,21 +10,140 @@ from ..engine import PortType
 if TYPE_CHECKING:  # the values hold tensors, but validation (which only needs the port types) never imports torch
     import torch
 
-UNET = PortType("UNET", "a denoising UNet (UNet2DConditionModel)")
-VAE = PortType("VAE", "a variational autoencoder (AutoencoderKL)")
-TEXT_ENCODER = PortType("TEXT_ENCODER", "a CLIP text encoder")
-TOKENIZER = PortType("TOKENIZER", "a CLIP tokenizer")
-SCHEDULER = PortType("SCHEDULER", "a diffusers noise scheduler (a fresh copy is used per run)")
-SAFETY_CHECKER = PortType("SAFETY_CHECKER", "a safety checker and its feature extractor, or none")
-IMAGE_ENCODER = PortType("IMAGE_ENCODER", "a CLIP vision encoder with projection (image variation)")
-IMAGE_PROCESSOR = PortType("IMAGE_PROCESSOR", "an image processor (feature extractor) preparing model inputs")
-DEPTH_ESTIMATOR = PortType("DEPTH_ESTIMATOR", "a monocular depth model (DPT)")
-EMBEDDINGS = PortType("EMBEDDINGS", "prompt and negative-prompt text embeddings")
-LATENTS = PortType("LATENTS", "latents with one seed and generator per image")
-IMAGE = PortType("IMAGE", "a batch of RGB images in [0, 1]")
-CONDITION = PortType("CONDITION", "extra UNet conditioning: channels concatenated to the latents, class labels")
-GUIDANCE = PortType("GUIDANCE", "a rule combining the UNet's predictions in place of plain CFG (safe latent diffusion)")
-MASK = PortType("MASK", "a batch of one-channel masks in [0, 1] (inpainting: white = repaint)")
+# What validation knows about the value on each port before anything loads, handed from check to check.
+# A field is None when unknown (a hub model not downloaded yet, a config without the key): checks that need
+# it then skip. Model parts' facts come from their config.json files (load_model's check).
+
+
+@dataclass(frozen=True)
+class UNetFacts:
+    """A UNet's config.json, and the model_index.json setting that belongs with it."""
+
+    source: str
+    in_channels: int | None = None
+    cross_attention_dim: int | None = None
+    addition_embed_type: str | None = None  # "text_time": SDXL's pooled text + size conditioning
+    addition_time_embed_dim: int | None = None
+    projection_class_embeddings_input_dim: int | None = None
+    time_cond_proj_dim: int | None = None  # set for the latent upscaler (and LCM) UNets
+    force_zeros_for_empty_prompt: bool | None = None  # the model's model_index.json (SDXL)
+
+
+@dataclass(frozen=True)
+class VAEFacts:
+    """A VAE's config.json: latent channels, scaling, and pixels per latent along one side."""
+
+    source: str
+    latent_channels: int | None = None
+    scaling_factor: float | None = None
+    scale_factor: int = 8
+    out_channels: int | None = None
+
+
+@dataclass(frozen=True)
+class TextEncoderFacts:
+    """A text encoder's config.json: the width of its hidden states and of its projection (SDXL's pooled)."""
+
+    source: str
+    hidden_size: int | None = None
+    projection_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageEncoderFacts:
+    """A CLIP vision encoder's config.json: the width of its projected image embedding."""
+
+    source: str
+    projection_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class SchedulerFacts:
+    """A scheduler of a model; ``max_noise_level`` is the x4 upscaler's limit (its model_index.json)."""
+
+    source: str | None = None
+    max_noise_level: int | None = None
+
+
+@dataclass(frozen=True)
+class ComponentFacts:
+    """A model part no check looks into (tokenizer, image processor, depth estimator, safety checker)."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class EmbeddingFacts:
+    """Prompt embeddings: their width, SDXL's pooled width, and how many images their prompt lists speak for.
+
+    ``count_field`` names the longest per-image list (where a count problem is reported); ``force_zeros``
+    and ``empty_negative`` are SDXL's empty-negative setting, checked against the UNet's model.
+    """
+
+    dim: int | None = None
+    pooled_dim: int | None = None
+    count: int = 1
+    count_field: str | None = None
+    force_zeros: bool | None = None
+    empty_negative: bool = False
+
+
+@dataclass(frozen=True)
+class LatentFacts:
+    """Latents: ``kind`` (noise, image or denoised), channels, the VAE scaling they assume, images, and the
+    img2img strength they were prepared for (None: any)."""
+
+    kind: str | None = None
+    channels: int | None = None
+    scaling_factor: float | None = None
+    count: int | None = None
+    strength: float | None = None
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """Images (and masks): size in pixels, how many, and channels (3 RGB, 1 depth)."""
+
+    width: int | None = None
+    height: int | None = None
+    count: int | None = None
+    channels: int | None = None
+
+
+@dataclass(frozen=True)
+class ConditionFacts:
+    """Extra UNet conditioning: channels joined to the latents, a hint for a UNet that lacks them, time ids."""
+
+    channels: int = 0
+    hint: str | None = None
+    time_ids: int | None = None  # SDXL: how many micro-conditioning values
+
+
+@dataclass(frozen=True)
+class GuidanceFacts:
+    """A guidance rule: the width of the embeddings it adds to the UNet's batch."""
+
+    dim: int | None = None
+
+
+UNET = PortType("UNET", "a denoising UNet (UNet2DConditionModel)", UNetFacts)
+VAE = PortType("VAE", "a variational autoencoder (AutoencoderKL)", VAEFacts)
+TEXT_ENCODER = PortType("TEXT_ENCODER", "a CLIP text encoder", TextEncoderFacts)
+TOKENIZER = PortType("TOKENIZER", "a CLIP tokenizer", ComponentFacts)
+SCHEDULER = PortType("SCHEDULER", "a diffusers noise scheduler (a fresh copy is used per run)", SchedulerFacts)
+SAFETY_CHECKER = PortType("SAFETY_CHECKER", "a safety checker and its feature extractor, or none", ComponentFacts)
+IMAGE_ENCODER = PortType("IMAGE_ENCODER", "a CLIP vision encoder with projection (image variation)", ImageEncoderFacts)
+IMAGE_PROCESSOR = PortType("IMAGE_PROCESSOR", "an image processor (feature extractor) preparing model inputs",
+                           ComponentFacts)
+DEPTH_ESTIMATOR = PortType("DEPTH_ESTIMATOR", "a monocular depth model (DPT)", ComponentFacts)
+EMBEDDINGS = PortType("EMBEDDINGS", "prompt and negative-prompt text embeddings", EmbeddingFacts)
+LATENTS = PortType("LATENTS", "latents with one seed and generator per image", LatentFacts)
+IMAGE = PortType("IMAGE", "a batch of RGB images in [0, 1]", ImageFacts)
+CONDITION = PortType("CONDITION", "extra UNet conditioning: channels concatenated to the latents, class labels",
+                     ConditionFacts)
+GUIDANCE = PortType("GUIDANCE", "a rule combining the UNet's predictions in place of plain CFG (safe latent diffusion)",
+                    GuidanceFacts)
+MASK = PortType("MASK", "a batch of one-channel masks in [0, 1] (inpainting: white = repaint)", ImageFacts)
 
 
 @dataclass
@@ -39,6 +158,9 @@ class Embeddings:
     # SDXL: the second text encoder's pooled [K, dim] embeddings, for the UNet's "text_time" added embedding.
     positive_pooled: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
+
+    def finite(self) -> bool:
+        return all_finite(self.positive, self.negative, self.positive_pooled, self.negative_pooled)
 
 
 @dataclass
@@ -60,6 +182,9 @@ class Latents:
     # (inpainting); None: denoise draws it from the generators.
     noise: torch.Tensor | None = None
 
+    def finite(self) -> bool:
+        return all_finite(self.samples, self.noise)
+
 
 @dataclass
 class Images:
@@ -72,6 +197,9 @@ class Images:
     def take(self, start: int, stop: int) -> Images:
         """Images ``start`` to ``stop`` (exclusive) of the batch, with their seeds and flags."""
         return Images(self.pixels[start:stop], self.seeds[start:stop], self.flagged[start:stop])
+
+    def finite(self) -> bool:
+        return all_finite(self.pixels)
 
 
 @dataclass
@@ -89,6 +217,10 @@ class Condition:
     # negative_time_ids is the unconditional CFG half's (None: the same as time_ids).
     time_ids: torch.Tensor | None = None
     negative_time_ids: torch.Tensor | None = None
+
+    def finite(self) -> bool:
+        blend = (self.blend.mask, self.blend.image_latents, self.blend.noise) if self.blend is not None else ()
+        return all_finite(self.concat, self.time_ids, self.negative_time_ids, *blend)
 
 
 @dataclass
@@ -109,6 +241,9 @@ class Mask:
     """One-channel masks [N, 1, H, W] in [0, 1], as read (not yet binarized)."""
 
     pixels: torch.Tensor
+
+    def finite(self) -> bool:
+        return all_finite(self.pixels)
 
 
 class GuidanceRule(Protocol):
@@ -132,6 +267,14 @@ class SafetyChecker:
 
     model: object
     feature_extractor: object
+
+
+def all_finite(*tensors: torch.Tensor | None) -> bool:
+    """Whether every value of ``tensors`` (None ones skipped) is finite: the ``finite()`` the engine asks each
+    output after its node ran, so NaN/Inf stop the run there instead of reaching a PNG as black."""
+    import torch
+
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None and t.is_floating_point())
 
 
 def seeds_list(seed: int | list[int], batch_size: int = 1) -> list[int]:

@@ -8,24 +8,21 @@ class embedding. Both random draws come from each image's generator, image noise
 from __future__ import annotations
 
 from ..engine import Input, Param, RunContext, node
-from .types import CONDITION, IMAGE, LATENTS, SCHEDULER, VAE, Condition, Images, Latents, generators_for, seeds_list
-from .vae_facts import latent_channels
+from .types import (CONDITION, IMAGE, LATENTS, SCHEDULER, VAE, Condition, ConditionFacts, Images, LatentFacts, Latents,
+                    generators_for, seeds_list)
 
 
 def check_upscale_condition(params, inputs_meta, ctx):
-    scheduler = inputs_meta.get("low_res_scheduler") or {}
-    index = scheduler.get("index") or {}
-    max_level = index.get("max_noise_level")
+    scheduler, vae, image = inputs_meta["low_res_scheduler"], inputs_meta["vae"], inputs_meta["image"]
+    max_level = scheduler.max_noise_level if scheduler else None
     if max_level is not None and params["noise_level"] > max_level:
         ctx.problem("noise_level", f"this upscaler accepts noise levels up to {max_level}, given {params['noise_level']}")
-    vae = inputs_meta.get("vae") or {}
     image_channels = 3
-    images = (inputs_meta.get("image") or {}).get("count")
-    count = len(params["seed"]) if isinstance(params["seed"], list) else images
+    count = len(params["seed"]) if isinstance(params["seed"], list) else image.count if image else None
     return {
-        "condition": {"channels": image_channels},
-        "latents": {"kind": "noise", "channels": latent_channels(vae) if vae else None, "count": count,
-                    "scaling_factor": vae.get("scaling_factor") if vae else None},
+        "condition": ConditionFacts(channels=image_channels),
+        "latents": LatentFacts(kind="noise", channels=vae.latent_channels if vae else None, count=count,
+                               scaling_factor=vae.scaling_factor if vae else None),
     }
 
 

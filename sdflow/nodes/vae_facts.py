@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-
-def vae_scale_factor(vae_config: dict) -> int:
-    """Pixels per latent along one side: 2 ** (number of blocks - 1), as diffusers' pipelines compute it."""
-    blocks = vae_config.get("block_out_channels") or [0, 0, 0, 0]
-    return 2 ** (len(blocks) - 1)
+from .types import ImageFacts, VAEFacts
 
 
-def latent_channels(vae_config: dict) -> int | None:
-    return vae_config.get("latent_channels")
+def vae_facts(source: str, config: dict) -> VAEFacts:
+    """A VAE's facts from its config.json; the downscale is 2 ** (blocks - 1), as diffusers' pipelines compute it."""
+    blocks = config.get("block_out_channels") or [0, 0, 0, 0]
+    return VAEFacts(source, latent_channels=config.get("latent_channels"), scaling_factor=config.get("scaling_factor"),
+                    scale_factor=2 ** (len(blocks) - 1), out_channels=config.get("out_channels"))
 
 
-def check_image_fits_vae(ctx, image_meta: dict, vae_meta: dict) -> None:
+def check_image_fits_vae(ctx, image: ImageFacts | None, vae: VAEFacts | None) -> None:
     """Report (on the ``image`` field) an image side that the VAE cannot encode: not a multiple of its factor."""
-    if not (image_meta and vae_meta):
+    if image is None or vae is None:
         return
-    factor = vae_scale_factor(vae_meta)
-    for side in ("width", "height"):
-        if image_meta.get(side) and image_meta[side] % factor:
-            ctx.problem("image", f"the image's {side} ({image_meta[side]}) from '{ctx.source_of('image')}' must be a "
+    factor = vae.scale_factor
+    for side, size in (("width", image.width), ("height", image.height)):
+        if size and size % factor:
+            ctx.problem("image", f"the image's {side} ({size}) from '{ctx.source_of('image')}' must be a "
                         f"multiple of {factor} for this VAE; resize it (load_image width/height)")

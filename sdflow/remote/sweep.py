@@ -1,0 +1,152 @@
+"""The driver's side of a sweep on remote workers: batches out, outcomes back, each job written once.
+
+The driver groups jobs exactly as the local launcher does (``fused.Sweep``); each batch (or job that
+runs alone) is a *unit* a worker runs whole, with its own component cache, so a worker loads each model
+once for the sweep. Hydra then runs every job's task function in order on the driver, as locally: the
+task asks this sweep for the job's outcome (waiting for it while keeping the workers fed), writes the
+job's files atomically into the job's folder, replays the job's log lines into its log and returns its
+result or raises its error. A unit whose worker died runs again on the next free worker, at most
+``retries`` more times; a job that fails by itself comes back as its error and is never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..api import RunResult, saved_paths
+from ..engine import WorkflowError
+from ..fused import Job, Sweep
+from .worker import JobOutcome
+
+log = logging.getLogger("sdflow.remote")
+
+
+@dataclass
+class Unit:
+    """Jobs a worker runs together: one fused batch, or one job alone."""
+
+    jobs: list[Job]
+    attempts: int = 0  # runs lost with their worker so far
+
+    def __str__(self) -> str:
+        nums = [job.num for job in self.jobs]
+        return f"job {nums[0]}" if len(nums) == 1 else f"jobs {', '.join(map(str, nums))}"
+
+
+class WorkerLost(WorkflowError):
+    """A job whose worker died on every try: reported as the job's failure, not retried again."""
+
+
+def units_of(sweep: Sweep) -> list[Unit]:
+    """The sweep's batches and lone jobs, in the order of their first job."""
+    units, seen = [], set()
+    for num, job in sweep.jobs.items():
+        batch = sweep.batch_of.get(num)
+        if batch is None:
+            units.append(Unit([job]))
+        elif id(batch) not in seen:
+            seen.add(id(batch))
+            units.append(Unit(list(batch.jobs)))
+    return units
+
+
+def retry_or_give_up(unit: Unit, reason: str, retries: int, pending) -> list[JobOutcome]:
+    """A unit lost with its worker: back to the front of ``pending``, or, out of tries, its jobs' failures."""
+    unit.attempts += 1
+    if unit.attempts <= retries:
+        log.warning("%s while running %s; running them again (try %d of %d)", reason, unit, unit.attempts + 1,
+                    retries + 1)
+        pending.appendleft(unit)
+        return []
+    error = WorkerLost(f"lost its worker {unit.attempts} time(s), the last: {reason}")
+    log.error("%s: %s", unit, error)
+    return [JobOutcome(job.num, error=error, images=job.images) for job in unit.jobs]
+
+
+class Pool(Protocol):
+    """Workers that run units: Ray actors (``ray_pool``) or Slurm array tasks (``slurm_pool``)."""
+
+    def start(self, units: list[Unit], max_batch: int) -> None: ...
+
+    def poll(self, timeout: float) -> list[JobOutcome]:
+        """Outcomes that arrived within ``timeout`` seconds (lost units' jobs as failures); feeds idle workers."""
+
+    def close(self) -> None: ...
+
+
+def write_atomically(path: Path, data: bytes) -> bool:
+    """Write ``data`` at ``path`` through a temporary name; a file already holding it is left alone."""
+    if path.exists() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.write_bytes(data)
+    os.replace(scratch, path)
+    return True
+
+
+class RemoteSweep:
+    """A sweep whose units run on a pool; ``fused.run_task`` asks it for each job's result, on the driver."""
+
+    def __init__(self, jobs: list[Job], max_batch: int, pool: Pool, progress: bool = True):
+        grouping = Sweep(jobs, max_batch)
+        self.jobs = grouping.jobs
+        self.units = units_of(grouping)
+        self.max_batch, self.pool, self.show_progress = max_batch, pool, progress
+        self.outcomes: dict[int, JobOutcome] = {}
+        self.written: set[int] = set()  # jobs whose outcome was taken: a late duplicate is ignored
+        self.bar = None
+        self.images_done, self.started = 0, 0.0
+
+    def start(self) -> None:
+        from tqdm.auto import tqdm
+
+        self.pool.start(self.units, self.max_batch)
+        self.started = time.monotonic()
+        self.bar = tqdm(total=len(self.jobs), unit="job", desc=f"sweep on {self.pool}", disable=not self.show_progress,
+                        dynamic_ncols=True)
+
+    def _collect(self, timeout: float) -> None:
+        for outcome in self.pool.poll(timeout):
+            if outcome.num in self.written or outcome.num in self.outcomes:
+                continue
+            self.outcomes[outcome.num] = outcome
+            self.images_done += outcome.images if outcome.error is None else 0
+            if self.bar is not None:
+                self.bar.update(1)
+                rate = self.images_done / max(time.monotonic() - self.started, 1e-9)
+                self.bar.set_postfix_str(f"{rate:.2f} images/s")
+
+    def outcome(self, num: int) -> JobOutcome:
+        """Job ``num``'s outcome, waiting for it; idle workers get more units meanwhile."""
+        self._collect(0)
+        while num not in self.outcomes:
+            self._collect(1.0)
+        self.written.add(num)
+        return self.outcomes.pop(num)
+
+    def run_job(self, num: int, output_dir: str | Path, cache=None) -> RunResult:
+        """Job ``num``'s result: its files written into ``output_dir``, its worker's log lines in its log."""
+        outcome, job, folder = self.outcome(num), self.jobs[num], Path(output_dir)
+        for record in outcome.logs:
+            logging.getLogger(record["name"]).handle(logging.makeLogRecord(record))
+        if outcome.worker:
+            log.info("ran on %s; its component cache: %s", outcome.worker, outcome.cache)
+        for name, data in outcome.files.items():
+            write_atomically(folder / name, data)
+        saved = [folder / name for name in outcome.record.get("saved", [])]
+        saved_paths.extend(saved)
+        if outcome.error is not None:
+            raise outcome.error
+        return RunResult({}, {**outcome.record, "saved": [str(p) for p in saved], "ran_on": outcome.worker}, saved,
+                         job.plan)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.pool.close()

@@ -1,0 +1,134 @@
+"""What a remote worker process runs: whole batches of sweep jobs, returned as files, records and logs.
+
+A worker never writes into the sweep folder: each job's sinks write into a temporary folder of the
+worker, and what they wrote comes back as bytes for the driver to put in the job's own folder. So the
+sweep folder needs no shared filesystem, and a job is written once, by the driver, whatever the
+workers did (a worker killed half-way has written nothing anyone reads).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine import CacheStats, WorkflowError, process_cache
+from ..fused import Job, Sweep
+
+
+@dataclass
+class JobOutcome:
+    """One job's result as it crosses back to the driver: its files, its record and log lines, or its error."""
+
+    num: int
+    files: dict[str, bytes] = field(default_factory=dict)  # path in the job's folder -> content, as its sinks wrote it
+    record: dict[str, Any] = field(default_factory=dict)
+    logs: list[dict[str, Any]] = field(default_factory=list)  # the job's log records (logging.makeLogRecord's input)
+    worker: str = ""
+    cache: CacheStats | None = None  # the worker's component cache after the job
+    error: BaseException | None = None
+    images: int = 0
+
+
+class RemoteJobError(Exception):
+    """A job's exception that could not cross the process boundary as itself: its type's name and message."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(kind, message)
+        self.kind, self.message = kind, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RemoteWorkflowError(RemoteJobError, WorkflowError):
+    """A WorkflowError that could not be pickled as itself (reported as one, like locally)."""
+
+
+def portable(error: BaseException) -> BaseException:
+    """``error`` if it survives pickling with its type and message, else a stand-in that says the same."""
+    try:
+        clone = pickle.loads(pickle.dumps(error))
+        if type(clone) is type(error) and str(clone) == str(error):
+            return error
+    except Exception:  # noqa: BLE001  (any failure to round-trip: send the stand-in)
+        pass
+    kind = RemoteWorkflowError if isinstance(error, WorkflowError) else RemoteJobError
+    return kind(type(error).__name__, str(error))
+
+
+class _Capture(logging.Handler):
+    """Keeps a job's log records as plain dicts, so the driver can replay them into the job's own log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("ray"):
+            return
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        plain = {k: v for k, v in record.__dict__.items() if isinstance(v, (str, int, float, type(None)))}
+        plain.update(msg=text, args=None, exc_text=None)
+        self.records.append(plain)
+
+
+def _captured(run):
+    """Runs ``run()`` with the root logger's records (INFO and up) kept; returns (result or error, records)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    capture = _Capture()
+    root.handlers, root.level = [capture], logging.INFO
+    try:
+        return run(), capture.records
+    finally:
+        root.handlers, root.level = handlers, level
+
+
+def worker_name(kind: str) -> str:
+    return f"{kind} (pid {os.getpid()} on {socket.gethostname()})"
+
+
+def run_unit(jobs: list[Job], max_batch: int, worker: str) -> list[JobOutcome]:
+    """Run ``jobs`` (one fused batch, or one job alone) as the local launcher would, in this process's cache.
+
+    Job faults (a bad input) come back as each job's error, never raised: only a worker fault raises.
+    """
+    cache = process_cache()
+    sweep = Sweep(jobs, max_batch)  # the driver's grouping: these jobs were one batch of at most max_batch images
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="sdflow-remote-") as scratch:
+        for job in jobs:
+            folder = Path(scratch, str(job.num))
+
+            def run(job=job, folder=folder):
+                try:
+                    return sweep.run_job(job.num, folder, cache), None
+                except Exception as exc:  # noqa: BLE001  (the job's own fault: reported as its failure)
+                    return None, exc
+
+            (result, error), logs = _captured(run)
+            files = {p.relative_to(folder).as_posix(): p.read_bytes()
+                     for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
+            record = dict(result.record) if result is not None else {}
+            record["saved"] = [Path(p).relative_to(folder).as_posix() for p in record.get("saved", [])]
+            outcomes.append(JobOutcome(job.num, files, record, logs, worker, copy.copy(cache.stats),
+                                       portable(error) if error is not None else None, job.images))
+    return outcomes
+
+
+def run_units(units: list[list[Job]], max_batch: int) -> list[JobOutcome]:
+    """A Slurm array task (submitit): its batches, one after the other, in one process with one cache."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    worker = worker_name(f"slurm task {env.job_id}")
+    return [outcome for jobs in units for outcome in run_unit(jobs, max_batch, worker)]

@@ -1,0 +1,152 @@
+"""LoRA files (diffusers and kohya/A1111 formats) through text2img's ``lora`` node (``loras=[{path, weight}]``): parity with StableDiffusionPipeline
+after ``load_lora_weights`` + ``fuse_lora(lora_scale=w)``; the weight sweeps without reloading the base, and the
+cached base never carries a LoRA into the next job."""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from parity import as_nhwc, assert_parity, generators
+from sdflow.api import run_workflow
+from sdflow.engine import ComponentCache, ValidationError
+
+PROMPT = "a red cat"
+
+
+@pytest.fixture(scope="module")
+def lora_files(tiny_sd, tmp_path_factory):
+    """Random LoRAs for the tiny model: UNet only (diffusers' format), and UNet + text encoder in diffusers' format
+    and in kohya's. The UNet part is made by peft; the text encoder's by hand (transformers 5 loads text-encoder
+    LoRAs only with peft >= 0.22, unreleased)."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    folder = tmp_path_factory.mktemp("loras")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights=False))
+    unet_layers = get_peft_model_state_dict(unet)
+    diffusers.StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=unet_layers, weight_name="unet.safetensors")
+    encoder = load_file(tiny_sd / "text_encoder" / "model.safetensors")
+    text = {}
+    for key, value in encoder.items():
+        if key.endswith("proj.weight") and ".self_attn." in key:
+            module = "text_model." + key[: -len(".weight")]
+            text[f"text_encoder.{module}.lora_A.weight"] = torch.randn(4, value.shape[1]) * 0.3
+            text[f"text_encoder.{module}.lora_B.weight"] = torch.randn(value.shape[0], 4) * 0.3
+    both = {**load_file(folder / "unet.safetensors"), **text}
+    save_file(both, str(folder / "style.safetensors"))
+    kohya = {}
+    for key, value in both.items():
+        component, rest = key.split(".", 1)
+        module, kind = rest.rsplit(".lora_", 1)
+        name = ("lora_unet_" if component == "unet" else "lora_te_") + module.replace(".", "_")
+        kohya[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
+        kohya[f"{name}.alpha"] = torch.tensor(4.0)
+    save_file(kohya, str(folder / "style_kohya.safetensors"))
+    return {"unet": folder / "unet.safetensors", "both": folder / "style.safetensors",
+            "kohya": folder / "style_kohya.safetensors", "text": text}
+
+
+@pytest.fixture
+def workflow():
+    return "text2img"
+
+
+def sdflow_image(workflow, loras, tmp_path, cache=None, seed=3):
+    spec = "[" + ",".join(f"{{path:'{p}',weight:{w}}}" for p, w in loras) + "]"
+    result = run_workflow(workflow, ["model=tiny", f"loras={spec}", f"prompt={PROMPT}", f"seed={seed}", "steps=4"],
+                          output_dir=tmp_path, cache=cache)
+    return as_nhwc(result.outputs["decode"]["image"].pixels), result
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd):
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_image(pipe, lora=None, weight=1.0, seed=3):
+    if lora is not None:
+        pipe.load_lora_weights(str(lora), adapter_name="style")
+        pipe.fuse_lora(lora_scale=weight)
+    try:
+        return pipe(prompt=PROMPT, num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
+                    generator=generators([seed]), output_type="np").images
+    finally:
+        if lora is not None:
+            pipe.unfuse_lora()
+            pipe.unload_lora_weights()
+
+
+@pytest.mark.parametrize("weight", [0.7, 1.3])
+def test_unet_lora_matches_load_lora_weights_and_fuse_lora(pipe, lora_files, workflow, tmp_path, weight):
+    ours, result = sdflow_image(workflow, [(lora_files["unet"], weight)], tmp_path)
+    theirs = diffusers_image(pipe, lora_files["unet"], weight)
+    assert_parity(ours, theirs, diffusers_image(pipe))
+    (entry,) = result.record["loras"]["lora"]
+    assert entry["weight"] == weight and entry["name"] == "unet"
+
+
+def test_text_encoder_lora_matches_the_merged_weights(pipe, lora_files, workflow, tmp_path):
+    """UNet via diffusers' load_lora_weights + fuse_lora; the text encoder merged by the plain formula
+    W + w * alpha/rank * B @ A (what peft's merge computes), since transformers 5 needs an unreleased peft for it."""
+    weight = 0.8
+    ours, _ = sdflow_image(workflow, [(lora_files["both"], weight)], tmp_path)
+    original = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    with torch.no_grad():
+        parameters = dict(pipe.text_encoder.named_parameters())
+        for key, down in lora_files["text"].items():
+            if key.endswith("lora_A.weight"):
+                module = key[len("text_encoder.text_model."): -len(".lora_A.weight")]
+                up = lora_files["text"][key.replace("lora_A", "lora_B")]
+                parameters[f"{module}.weight"] += weight * (up @ down)
+    try:
+        theirs = diffusers_image(pipe, lora_files["unet"], weight)
+    finally:
+        pipe.text_encoder.load_state_dict(original)
+    assert_parity(ours, theirs, diffusers_image(pipe, lora_files["unet"], weight))
+
+
+def test_kohya_format_equals_diffusers_format(pipe, lora_files, workflow, tmp_path):
+    kohya, _ = sdflow_image(workflow, [(lora_files["kohya"], 0.7)], tmp_path)
+    ours, _ = sdflow_image(workflow, [(lora_files["both"], 0.7)], tmp_path)
+    assert abs(ours - kohya).max() <= 1e-5
+    unet_only, _ = sdflow_image(workflow, [(lora_files["unet"], 0.7)], tmp_path)
+    assert abs(ours - unet_only).max() > 1e-2  # the text encoder's part moves the image
+
+
+def test_weight_sweep_reuses_the_base_and_nothing_leaks(lora_files, workflow, tmp_path):
+    cache = ComponentCache()
+    plain, _ = sdflow_image(workflow, [], tmp_path, cache)
+    loads = cache.stats.loads
+    for weight in (0.5, 1.0):
+        sdflow_image(workflow, [(lora_files["both"], weight)], tmp_path, cache)
+    assert cache.stats.loads == loads  # no base weight loaded again
+    again, _ = sdflow_image(workflow, [], tmp_path, cache)
+    assert (again == plain).all()  # the cached UNet and text encoder carry no LoRA
+
+
+def test_a1111_parameters_name_the_lora(lora_files, workflow, tmp_path):
+    from PIL import Image
+
+    _, result = sdflow_image(workflow, [(lora_files["both"], 0.7)], tmp_path)
+    text = Image.open(result.saved[0]).text["parameters"]
+    assert "Lora hashes: \"style: " in text
+
+
+def test_a_lora_for_another_family_is_named_before_loading(tmp_path, workflow):
+    sdxl_lora = tmp_path / "xl.safetensors"
+    save_file({"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":
+               torch.zeros(4, 2048)}, str(sdxl_lora))
+    with pytest.raises(ValidationError, match=r"made for a UNet attending to 2048-wide text \(SDXL\).*32-wide"):
+        run_workflow(workflow, ["model=tiny", f"loras=[{{path:'{sdxl_lora}',weight:1}}]", "prompt=a", "seed=1"])
+    not_lora = tmp_path / "unet.safetensors"
+    save_file({"conv_in.weight": torch.zeros(1)}, str(not_lora))
+    with pytest.raises(ValidationError, match="is not a LoRA"):
+        run_workflow(workflow, ["model=tiny", f"loras=['{not_lora}']", "prompt=a", "seed=1"])

@@ -1,0 +1,243 @@
+"""Sweeps on Ray actors and on Slurm array tasks (submitit's local executor) give the local launcher's sweep.
+
+Same job folders, pixels, metadata, grid and exit status; each worker loads each model once; a worker
+killed mid-sweep loses no job and writes none twice; a job that fails by itself is reported, not retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdflow.api import compose_config, plan_workflow
+from sdflow.engine import WorkflowError
+from sdflow.fused import Job
+from sdflow.remote import JobOutcome, RemoteSweep, Unit, WorkerLost
+from sdflow.remote.sweep import retry_or_give_up, write_atomically
+
+SWEEP = ["-m", "model=tiny", "steps=2", "seed=0,1,2,3", 'prompt="a red circle","a blue square"', "runtime.max_batch=4"]
+
+
+def sdflow(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "sdflow.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=400)
+
+
+def images(folder: Path) -> dict[str, Path]:
+    return {f"{p.parent.name}/{p.name}": p for p in sorted(folder.rglob("*.png")) if p.name != "grid.png"}
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+
+
+def metadata(path: Path) -> dict:
+    with Image.open(path) as image:
+        return json.loads(image.text["sdflow"])
+
+
+def assert_same_sweep(ours: Path, theirs: Path) -> None:
+    """Same job folders, .hydra files, images within one 8-bit level, same metadata, and a grid."""
+    mine, reference = images(ours), images(theirs)
+    assert sorted(mine) == sorted(reference) and len(mine) == 8
+    for name, path in mine.items():  # 8-bit PNGs: equal floats may still round one level apart
+        assert np.abs(pixels(path) - pixels(reference[name])).max() <= 1 / 255 + 1e-9, name
+        assert metadata(path) == metadata(reference[name]), name
+        assert_complete(path.parent, path)
+        hydra = path.parent / ".hydra"
+        assert {p.name for p in hydra.iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+        theirs = reference[name].parent / ".hydra"
+        assert (hydra / "overrides.yaml").read_text() == (theirs / "overrides.yaml").read_text()
+    assert (ours / "grid.png").exists()
+    assert not [p for p in ours.rglob("*.tmp")]
+
+
+def assert_complete(folder: Path, png: Path) -> None:
+    """The job folder holds its image once, whole, and a manifest that says so."""
+    assert sorted(p.name for p in folder.iterdir() if p.name != ".hydra" and p.suffix != ".log") == \
+        sorted([png.name, "manifest.json"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "done"
+    assert manifest["images"] == [{"file": png.name, "sha256": hashlib.sha256(png.read_bytes()).hexdigest(),
+                                   "node": manifest["images"][0]["node"]}]
+
+
+def worker_loads(sweep_dir: Path) -> dict[str, int]:
+    """Each worker's component-cache loads, as the last job it ran logged them."""
+    loads = {}
+    for log in sorted(sweep_dir.glob("*/*.log"), key=lambda p: int(p.parent.name)):
+        for worker, count in re.findall(r"ran on (.+?) \(pid .*?its component cache: (\d+) loads", log.read_text()):
+            loads[worker] = int(count)
+    return loads
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory) -> Path:
+    """The reference: the same sweep on the local fused launcher."""
+    folder = tmp_path_factory.mktemp("local")
+    run = sdflow(folder, *SWEEP, "hydra.sweep.dir=out")
+    assert run.returncode == 0, run.stderr
+    return folder / "out"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A Ray cluster on this machine (2 CPUs, loopback only, no dashboard), stopped after the module."""
+    from sdflow.remote.ray_pool import loopback_only
+
+    loopback_only()
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=100 * 2**20, logging_level="WARNING", _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def test_a_sweep_on_two_ray_actors_equals_the_local_sweep(ray_cluster, local_sweep, tmp_path):
+    run = sdflow(tmp_path, *SWEEP, "hydra.sweep.dir=out", "hydra/launcher=sdflow_ray",
+                 f"hydra.launcher.address='{ray_cluster}'", "hydra.launcher.workers=2")
+    assert run.returncode == 0, run.stderr
+    assert_same_sweep(tmp_path / "out", local_sweep)
+    # Two batches of four jobs, one per actor; each actor loaded each of the 5 components once.
+    assert worker_loads(tmp_path / "out") == {"ray worker 0": 5, "ray worker 1": 5}
+    assert "sweep on 2 ray workers: 100%" in run.stderr and "8/8" in run.stderr
+
+
+def test_a_sweep_on_slurm_array_tasks_equals_the_local_sweep(local_sweep, tmp_path):
+    pytest.importorskip("submitit")
+    run = sdflow(tmp_path, *SWEEP, "hydra.sweep.dir=out", "hydra/launcher=sdflow_slurm",
+                 "hydra.launcher.cluster=local", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1")
+    assert run.returncode == 0, run.stderr
+    assert_same_sweep(tmp_path / "out", local_sweep)
+    loads = worker_loads(tmp_path / "out")
+    assert len(loads) == 2 and set(loads.values()) == {5}  # one array task per batch, one load per component
+    assert len(list((tmp_path / "out" / ".submitit").glob("*/*_result.pkl"))) == 2
+
+
+def jobs_for(overrides_per_job: list[list[str]]) -> list[Job]:
+    jobs = []
+    for num, overrides in enumerate(overrides_per_job):
+        config = compose_config(overrides)
+        jobs.append(Job(num, tuple(overrides), config, plan_workflow(config)))
+    return jobs
+
+
+def mismatched_copy(model: Path, folder: Path) -> Path:
+    """A copy of ``model`` that passes validation but fails to load: one UNet weight's shape is transposed."""
+    shutil.copytree(model, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    entry = next(v for k, v in header.items() if k != "__metadata__" and len(set(v["shape"])) == 2)
+    entry["shape"] = entry["shape"][::-1]
+    data[8:8 + length] = json.dumps(header, separators=(",", ":")).encode().ljust(length)
+    weights.write_bytes(bytes(data))
+    return folder
+
+
+def test_a_killed_actor_loses_no_job_and_a_bad_job_fails_alone(ray_cluster, local_sweep, tiny_sd, tmp_path, caplog):
+    import ray
+
+    from sdflow.remote.ray_pool import RayPool
+
+    broken = mismatched_copy(tiny_sd, tmp_path / "broken")
+    sweep_jobs = [["model=tiny", "steps=2", f"seed={seed}", f"prompt={prompt}"]
+                  for seed in range(4) for prompt in ("a red circle", "a blue square")]
+    jobs = jobs_for(sweep_jobs + [["model=tiny", f"model.path={broken}", "steps=2"]])
+    pool = RayPool(address=ray_cluster, workers=2)
+    sweep = RemoteSweep(jobs, max_batch=2, pool=pool, progress=False)
+    assert [len(unit.jobs) for unit in sweep.units] == [2, 2, 2, 2, 1]
+    sweep.start()
+    results = {0: sweep.run_job(0, tmp_path / "out" / "0")}
+    ray.kill(pool.actors[0], no_restart=False)  # it is running its next batch now: that batch must run again
+    try:
+        for num in range(1, 9):
+            try:
+                results[num] = sweep.run_job(num, tmp_path / "out" / str(num))
+            except WorkflowError as exc:
+                results[num] = exc
+    finally:
+        sweep.close()
+    assert "ray worker 0 died" in caplog.text
+    assert sorted(unit.attempts for unit in sweep.units) == [0, 0, 0, 0, 1]  # one batch ran twice, the bad job once
+    assert isinstance(results[8], WorkflowError) and "expected shape" in str(results[8])
+    assert not list((tmp_path / "out" / "8").glob("*.png"))
+    reference = images(local_sweep)
+    for num in range(8):  # the local sweep's jobs, in the same order: the same pixels, each written once
+        (path,) = results[num].saved
+        assert_complete(path.parent, path)
+        assert np.abs(pixels(path) - pixels(reference[f"{num}/{path.name}"])).max() <= 1 / 255 + 1e-9
+
+
+def test_a_killed_slurm_task_runs_again_and_writes_each_job_once(local_sweep, tmp_path, caplog):
+    pytest.importorskip("submitit")
+    from sdflow.remote.slurm_pool import SubmititPool
+
+    jobs = jobs_for([["model=tiny", "steps=2", "seed=0", f"prompt={p}"] for p in ("a red circle", "a blue square")])
+    pool = SubmititPool(str(tmp_path / "submitit" / "%j"), cluster="local", parameters={"gpus_per_node": 0})
+    sweep = RemoteSweep(jobs, max_batch=4, pool=pool, progress=False)
+    sweep.start()
+    ((task, _),) = pool.running
+    task.cancel()  # scancel: the task ends without a result
+    try:
+        results = [sweep.run_job(num, tmp_path / "out" / str(num)) for num in range(2)]
+    finally:
+        sweep.close()
+    assert "ended without a result" in caplog.text and pool.tasks == 2 and sweep.units[0].attempts == 1
+    reference = images(local_sweep)
+    for num, result in enumerate(results):
+        (path,) = result.saved
+        assert_complete(path.parent, path)
+        assert np.abs(pixels(path) - pixels(reference[f"{num}/{path.name}"])).max() <= 1 / 255 + 1e-9
+
+
+class FakePool:
+    """A pool whose workers die on command: outcomes of units are made up, no process is started."""
+
+    def __init__(self, deaths: int, retries: int):
+        self.deaths, self.retries, self.pending = deaths, retries, deque()
+
+    def start(self, units, max_batch):
+        self.pending.extend(units)
+
+    def poll(self, timeout):
+        if not self.pending:
+            return []
+        unit = self.pending.popleft()
+        if self.deaths:
+            self.deaths -= 1
+            return retry_or_give_up(unit, "worker died", self.retries, self.pending)
+        # A unit's outcome arriving twice (a worker thought dead finishing late) must not write twice.
+        return [JobOutcome(job.num, {"a.png": b"png"}, {"saved": ["a.png"]}) for job in unit.jobs] * 2
+
+    def close(self):
+        pass
+
+
+def test_retries_end_and_a_late_duplicate_is_not_written_twice(tmp_path):
+    jobs = jobs_for([["model=tiny", "steps=1", f"seed={seed}"] for seed in range(2)])
+    sweep = RemoteSweep(jobs, max_batch=2, pool=FakePool(deaths=1, retries=1), progress=False)
+    sweep.start()
+    assert [p.name for p in sweep.run_job(0, tmp_path / "0").saved] == ["a.png"]
+    assert [p.name for p in sweep.run_job(1, tmp_path / "1").saved] == ["a.png"]
+    assert not sweep.outcomes  # the duplicates were dropped
+    given_up = RemoteSweep(jobs, max_batch=2, pool=FakePool(deaths=2, retries=1), progress=False)
+    given_up.start()
+    with pytest.raises(WorkerLost, match="lost its worker 2 time"):
+        given_up.run_job(0, tmp_path / "lost")
+    assert write_atomically(tmp_path / "0" / "a.png", b"png") is False  # already complete: not re-written
+    assert Unit(jobs).attempts == 0
