@@ -133,6 +133,9 @@ def main() -> None:
 
         print(command_help())
         return
+    from .runtime_env import quiet_third_party
+
+    quiet_third_party()  # before validation: building a tiny model there may print library notices
     if argv[:1] == ["reproduce"]:
         _note_interrupts()
         try:

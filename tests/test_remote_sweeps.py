@@ -26,6 +26,8 @@ from sdflow.fused import Job
 from sdflow.remote import JobOutcome, RemoteSweep, Unit, WorkerLost
 from sdflow.remote.sweep import retry_or_give_up, write_atomically
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster and submitit tasks: about a minute and a half
+
 SWEEP = ["-m", "model=tiny", "steps=2", "seed=0,1,2,3", 'prompt="a red circle","a blue square"', "runtime.max_batch=4"]
 
 

@@ -26,6 +26,7 @@ def text_weights(tmp_path: Path) -> dict[str, torch.Tensor]:
     return load_file(tmp_path / "models" / "shapes" / "text_encoder" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_text_phase_replays_from_seed_and_steps(tmp_path):
     runs = {}
     for name, seed in [("a", "0"), ("b", "0"), ("c", "1")]:

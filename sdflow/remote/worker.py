@@ -102,6 +102,9 @@ def run_unit(jobs: list[Job], max_batch: int, worker: str) -> list[JobOutcome]:
 
     Job faults (a bad input) come back as each job's error, never raised: only a worker fault raises.
     """
+    from ..runtime_env import quiet_third_party
+
+    quiet_third_party()
     cache = process_cache()
     sweep = Sweep(jobs, max_batch)  # the driver's grouping: these jobs were one batch of at most max_batch images
     outcomes = []

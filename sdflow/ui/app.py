@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-upload-pixels", type=int, default=4096 * 4096)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ..runtime_env import quiet_third_party
+
+    quiet_third_party()
     output = Path(args.output_dir)
     folders = Folders(output, Path(args.uploads) if args.uploads else output / ".uploads",
                       tuple(args.gallery or ["multirun"]), int(args.max_upload_mb * 2**20), args.max_upload_pixels)
