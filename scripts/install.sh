@@ -44,5 +44,5 @@ PYTHONWARNINGS="ignore:Editable installation" pip install -e ".[test]"
 echo "sdflow installed in .venv ($(.venv/bin/python -c "import torch; print('torch', torch.__version__ + ',',
       'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU only')"))."
 echo "Run it:   .venv/bin/sdflow prompt=\"a small red circle on the left, blue background\" seed=0"
-echo "Tests:    .venv/bin/python -m pytest -q"
+echo "Tests:    .venv/bin/python -m pytest -q -n 2 --dist loadfile"
 echo "Or first: source .venv/bin/activate   (then plain 'sdflow ...', 'sdflow-info nodes')"

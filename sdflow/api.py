@@ -89,6 +89,25 @@ def check_command_line(overrides: list[str]) -> None:
         raise ValidationError(problems)
 
 
+def output_folder_problem(folder: str, key: str) -> Problem | None:
+    """Whether a run could create ``folder`` (its nearest existing parent writable), asked before anything runs.
+
+    ``folder`` may still hold interpolations (``outputs/${now:...}``): the part before the first one counts.
+    """
+    import os
+
+    literal = folder.split("${", 1)[0] or "."
+    target = Path(literal).expanduser().absolute()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
+        return None
+    what = "is not a folder" if probe.exists() and not probe.is_dir() else "cannot be written by this user"
+    return Problem("command line", None, key, f"images would go under '{target}', but '{probe}' {what}; "
+                   f"choose another folder ({key}=...) or run from a folder you can write")
+
+
 def compose_config(overrides: list[str] | None = None, config_dirs: list[str] = ()) -> DictConfig:
     """The Hydra config for ``overrides``, composed from sdflow/conf exactly as the CLI would.
 

@@ -159,6 +159,7 @@ def main() -> None:
         from .api import check_command_line
 
         check_command_line(split_command_line(argv)[0])
+        check_output_folder(argv, multirun)
         if not asks_hydra_only and (not multirun or other_sweeper):
             validate_command_line(argv)
         _run_hydra()
@@ -224,6 +225,22 @@ def reproduce_command(args: list[str]) -> None:
         log.info("same pixels as %s", image)
     else:
         log.warning("differs from %s by up to %s levels", image, done.max_difference)
+
+
+def check_output_folder(argv: list[str], multirun: bool) -> None:
+    """A run folder that cannot be created is a validation error, before any model loads."""
+    from .api import output_folder_problem
+    from .engine import ValidationError
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = "multirun" if multirun else "outputs"
+    for override in split_command_line(argv)[0]:
+        name, _, value = override.partition("=")
+        if name == key:
+            folder = value.strip("'\"")
+    problem = output_folder_problem(folder, key)
+    if problem:
+        raise ValidationError([problem])
 
 
 _interrupted = False

@@ -98,3 +98,29 @@ def test_a_gpu_runtime_without_a_gpu_is_a_validation_error_with_the_rest(tmp_pat
     message = str(excinfo.value)
     assert "runtime.device" in message and "field 'steps'" in message  # both at once
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("in the way")
+    for args in (["hydra.run.dir=afile/run"], ["-m", "seed=0,1", "hydra.sweep.dir=afile/sweep"]):
+        run = sdflow(tmp_path, "model=tiny", "steps=1", *args)
+        assert run.returncode == 2 and "is not a folder" in run.stderr, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing made
+    from sdflow.api import output_folder_problem
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only folder (root could write anyway)
+    problem = output_folder_problem(str(tmp_path / "outputs" / "${now:%H}"), "hydra.run.dir")
+    assert "cannot be written" in problem.message and problem.field == "hydra.run.dir"
+    from sdflow.engine import ValidationError
+    from sdflow.api import run_workflow
+    import pytest
+
+    with pytest.raises(ValidationError, match="field 'prefix'"):
+        run_workflow(str(write_flow_with_prefix(tmp_path, "../escape")), ["model=tiny"], output_dir=tmp_path / "o")
+
+
+def write_flow_with_prefix(folder, prefix):
+    source = open(os.path.join(os.path.dirname(__file__), "..", "sdflow", "workflows", "text2img.yaml")).read()
+    flow = folder / "prefix.yaml"
+    flow.write_text(source.replace("prefix: text2img", f"prefix: '{prefix}'"))
+    return flow

@@ -99,16 +99,31 @@ def gray16_to_pil(pixels) -> list:
     return [Image.fromarray(a) for a in array]  # uint16 arrays become mode "I;16"
 
 
+def prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` cannot start a file name in the run folder (a path, a hidden file), or None."""
+    if not prefix or "/" in prefix or "\\" in prefix or prefix.startswith(".") or "\0" in prefix:
+        return f"expected a plain file name part (no '/', '\\' or leading '.'), given {prefix!r}"
+    return None
+
+
+def check_save_image(params, inputs_meta, ctx):
+    problem = prefix_problem(params["prefix"])
+    if problem:
+        ctx.problem("prefix", problem)
+    return {}
+
+
 @node(
     "save_image",
     "Save images as PNG in the run folder, with the resolved workflow, models, versions and each image's own seed, "
     "prompt and guidance in text chunks.",
     inputs={"image": Input(IMAGE)},
     params={"prefix": Param(str, "image", doc="file name prefix: PREFIX_INDEX_seedSEED.png")},
+    check=check_save_image,
 )
 def save_image(ctx: RunContext, image: Images, prefix: str):
-    if not prefix or "/" in prefix or "\\" in prefix or prefix.startswith("."):
-        raise ValueError(f"prefix must be a plain file name part, given {prefix!r}")
+    if prefix_problem(prefix):
+        raise ValueError(prefix_problem(prefix))
     out_dir = Path(ctx.output_dir or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = ctx.record.setdefault("saved", [])
