@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .sources import PICKLE_SUFFIXES, ModelSource, SourceError, safetensors_problem
@@ -123,14 +122,9 @@ def config_folder(config: str | None, family: str) -> Path:
 
 def _materialised(name: str) -> Path:
     from .clip_vocab import END_TOKEN, START_TOKEN, bytes_to_unicode
-    from .tiny import builtin_root
+    from .tiny import build_once, builtin_root
 
-    target = builtin_root().parent / "configs" / f"{name}-v{CONFIG_VERSION}"
-    if (target / "model_index.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    def build(scratch: Path) -> None:
         shutil.copytree(CONFIGS / name, scratch, dirs_exist_ok=True)
         merges_text = (CONFIGS / "clip_merges.txt").read_text(encoding="utf-8")
         merges = [line.split() for line in merges_text.splitlines()[1:] if line]
@@ -141,14 +135,8 @@ def _materialised(name: str) -> Path:
             (tokenizer / "merges.txt").write_text(merges_text, encoding="utf-8")
             (tokenizer / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False),
                                                   encoding="utf-8")
-        try:
-            os.rename(scratch, target)
-        except OSError:  # another process built it first
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+
+    return build_once(builtin_root().parent / "configs" / f"{name}-v{CONFIG_VERSION}", build)
 
 
 def _fit_problem(shapes: dict[str, list[int]], folder: Path, path: Path) -> str | None:

@@ -214,13 +214,18 @@ def builtin_model(name: str) -> Path:
     """Path of built-in model ``name``, building it once (atomically: built aside, renamed into place)."""
     if name not in BUILDERS:
         raise KeyError(name)
-    target = builtin_root() / f"{name}-v{BUILD_VERSION}"
+    return build_once(builtin_root() / f"{name}-v{BUILD_VERSION}", BUILDERS[name])
+
+
+def build_once(target: Path, build) -> Path:
+    """``target`` (a model folder), made by ``build(scratch)`` in a scratch folder beside it and renamed into
+    place, so no process ever sees half a folder; done once, whoever of several processes finishes first."""
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        BUILDERS[name](scratch)
+        build(scratch)
         try:
             os.rename(scratch, target)
         except OSError:  # another process built it first
