@@ -158,7 +158,8 @@ def prompt_warnings(config: DictConfig, plan: Plan) -> list[str]:
     Read from the prompts the plan actually encodes, not the config's ``prompt`` (a workflow may set its own).
     """
     model = config.get("model") or {}
-    if model.get("vocabulary") != "shapes" or model.get("path") != "builtin:shapes":
+    sources = {planned.params.get("source") for planned in plan.nodes.values() if planned.spec.name == "load_model"}
+    if model.get("vocabulary") != "shapes" or "builtin:shapes" not in sources:
         return []
     from .world.vocabulary import unknown_words, world_words
 

@@ -150,3 +150,33 @@ def test_a_lora_for_another_family_is_named_before_loading(tmp_path, workflow):
     save_file({"conv_in.weight": torch.zeros(1)}, str(not_lora))
     with pytest.raises(ValidationError, match="is not a LoRA"):
         run_workflow(workflow, ["model=tiny", f"loras=['{not_lora}']", "prompt=a", "seed=1"])
+
+
+def test_reproduce_round_trips_img2img_with_a_lora_and_a_fused_sweep_job(lora_files, tmp_path):
+    from PIL import Image
+
+    from sdflow.api import compose_config, plan_workflow
+    from sdflow.engine import ComponentCache
+    from sdflow.fused import Job, Sweep
+    from sdflow.reproduce import reproduce
+
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(picture)
+    spec = f"[{{path:'{lora_files['both']}',weight:0.7}}]"
+    made = run_workflow("img2img", ["model=tiny", f"image={picture}", f"loras={spec}", "strength=0.6", "steps=4",
+                                    "seed=5", f"prompt={PROMPT}"], output_dir=tmp_path / "img2img")
+    again = reproduce(made.saved[0], output_dir=tmp_path / "again")
+    assert again.same_pixels and again.max_difference == 0
+    without = reproduce(made.saved[0], ["lora.loras=[]"], output_dir=tmp_path / "without", check_models=False)
+    assert without.same_pixels is None  # the LoRA's weight really changes the image that is remade
+
+    jobs = []
+    for num, seed in enumerate((1, 2)):
+        config = compose_config(["model=tiny", "steps=3", f"seed={seed}", f"prompt={PROMPT}"])
+        jobs.append(Job(num, (f"seed={seed}",), config, plan_workflow(config)))
+    sweep = Sweep(jobs, max_batch=8)
+    job_png = sweep.run_job(1, tmp_path / "sweep" / "1", cache=ComponentCache()).saved[0]
+    sweep.run_job(0, tmp_path / "sweep" / "0", cache=ComponentCache())
+    from_sweep = reproduce(job_png, output_dir=tmp_path / "again_sweep")
+    assert from_sweep.max_difference <= 1  # made alone instead of in its batch: at most one 8-bit level
+    assert any("fused sweep batch" in note for note in from_sweep.notes)
