@@ -15,8 +15,10 @@ compiled >= 7 images/s on an H100/H200, batch-1 ratio <= 1.02.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,6 +84,7 @@ def main() -> None:
     size = 512 if args.sd15_shapes else 64
     guidance, prompt = 7.5, "a small red circle on the left, blue background"
     work = Path(tempfile.mkdtemp(prefix="sdflow-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # weights, sweeps and PNGs: nothing is kept
     overrides = [f"steps={steps}", "scheduler=euler", f"guidance={guidance}", f"prompt=\"{prompt}\"",
                  f"runtime.device={device}", f"runtime.dtype={dtype}", f"runtime.max_batch={batch}",
                  f"width={size}", f"height={size}"]

@@ -13,7 +13,9 @@ Goal: sdflow <= 1.02x diffusers.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -64,6 +66,13 @@ def build_sd15_shaped(folder: Path) -> Path:
     return folder
 
 
+def scratch(prefix: str) -> Path:
+    """A temporary folder removed when the script ends (built weights and PNGs are not worth keeping)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -85,13 +94,13 @@ def main() -> None:
     overrides = [f"steps={args.steps}", f"scheduler={args.scheduler}", "seed=1", "prompt=a lighthouse at dusk",
                  f"runtime.device={device}", f"runtime.dtype={dtype}"]
     if args.sd15_shapes:
-        folder = build_sd15_shaped(Path(tempfile.mkdtemp(prefix="sd15-shaped-")))
+        folder = build_sd15_shaped(scratch("sd15-shaped-"))
         overrides += ["model=sd15", f"model.path={folder}", "width=512", "height=512"]
     else:
         overrides += ["model=tiny"]
     # The benchmark times the workflow up to the decoded image: no safety check (the model has none), no PNG write.
     config = compose_config(["workflow=text2img"] + overrides)
-    out_dir = Path(tempfile.mkdtemp(prefix="sdflow-bench-"))
+    out_dir = scratch("sdflow-bench-")
 
     def sdflow_once():
         plan = plan_workflow(config)

@@ -30,3 +30,12 @@ def assert_parity(ours: np.ndarray, theirs: np.ndarray, moved: np.ndarray | None
         moved_diff = max_diff(ours, moved)
         assert moved_diff > 100 * TOLERANCE, (
             f"changing the setting under test moved the output only {moved_diff:.2e}: the test would be blind")
+
+
+def sd_pipeline(folder):
+    """diffusers' StableDiffusionPipeline on a tiny model folder, with no safety checker and no progress bars."""
+    import diffusers
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from parity import as_nhwc, assert_parity, generators
+from parity import as_nhwc, assert_parity, generators, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.engine import ComponentCache, ValidationError
 
@@ -66,9 +66,7 @@ def sdflow_image(workflow, loras, tmp_path, cache=None, seed=3):
 
 @pytest.fixture(scope="module")
 def pipe(tiny_sd):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline(tiny_sd)
 
 
 def diffusers_image(pipe, lora=None, weight=1.0, seed=3):

@@ -11,7 +11,7 @@ import diffusers
 import pytest
 import torch
 
-from parity import as_nhwc, assert_parity, generators
+from parity import as_nhwc, assert_parity, generators, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.prompt_syntax import parse_weights
 
@@ -76,10 +76,7 @@ def tiny_sd_biased(tiny_sd, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd_pipe(tiny_sd_biased):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd_biased, safety_checker=None,
-                                                             requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline(tiny_sd_biased)
 
 
 def sd_encode(pipe):

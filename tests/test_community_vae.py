@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from original_layout import vae_to_original
-from parity import as_nhwc, assert_parity, generators
+from parity import as_nhwc, assert_parity, generators, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.engine import ValidationError
 from sdflow.models.tiny import builtin_model, make_vae
@@ -30,9 +30,7 @@ def vaes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(tiny_sd):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline(tiny_sd)
 
 
 def diffusers_image(pipe, vae=None):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from parity import as_nhwc, assert_parity, generators, max_diff
+from parity import as_nhwc, assert_parity, generators, max_diff, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.nodes.scheduler import scheduler_class
 
@@ -20,9 +20,7 @@ def sdflow_images(workflow, overrides, node="decode", tmp_path=None):
 
 @pytest.fixture(scope="module")
 def sd_pipe(tiny_sd):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline(tiny_sd)
 
 
 def diffusers_text2img(pipe, scheduler="model", **kwargs):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from parity import as_nhwc, assert_parity, generators, max_diff
+from parity import as_nhwc, assert_parity, generators, max_diff, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.engine import ValidationError
 
@@ -38,9 +38,7 @@ def pixels(result, node="decode"):
 
 @pytest.fixture(scope="module")
 def sd_pipe(tiny_sd):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return sd_pipeline(tiny_sd)
 
 
 def diffusers_batch(pipe, prompts, negatives, seeds, guidance=7.5):

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 _memory: dict[str, dict] = {}
+
+log = logging.getLogger("sdflow.hashes")
 
 
 def _cache_path() -> Path:
@@ -36,11 +39,16 @@ def _save_cache(entries: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".hashes-", suffix=".json.tmp", dir=path.parent)
+    except OSError as exc:  # a read-only home: hashes are then computed again next time, nothing else changes
+        log.debug("hash cache not saved: %s", exc)
+        return
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(entries, handle, indent=0, sort_keys=True)
         os.replace(tmp, path)
-    except OSError:  # a read-only home: hashes are then computed again next time, nothing else changes
-        pass
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        log.debug("hash cache not saved: %s", exc)
 
 
 def file_sha256(path: str | Path) -> str:

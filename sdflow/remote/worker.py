@@ -53,14 +53,18 @@ class RemoteWorkflowError(RemoteJobError, WorkflowError):
 
 def portable(error: BaseException) -> BaseException:
     """``error`` if it survives pickling with its type and message, else a stand-in that says the same."""
-    try:
-        clone = pickle.loads(pickle.dumps(error))
-        if type(clone) is type(error) and str(clone) == str(error):
-            return error
-    except Exception:  # noqa: BLE001  (any failure to round-trip: send the stand-in)
-        pass
+    if _round_trips(error):
+        return error
     kind = RemoteWorkflowError if isinstance(error, WorkflowError) else RemoteJobError
     return kind(type(error).__name__, str(error))
+
+
+def _round_trips(error: BaseException) -> bool:
+    try:
+        clone = pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001  (any failure to pickle or unpickle: it does not round-trip)
+        return False
+    return type(clone) is type(error) and str(clone) == str(error)
 
 
 class _Capture(logging.Handler):
