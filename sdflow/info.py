@@ -66,7 +66,8 @@ def image_grid(folder: Path, columns: int | None = None, cell: int = 256) -> Pat
     shared = set.intersection(*(set(job_overrides(p)) for p in images)) if len(images) > 1 else set()
 
     def job_label(path: Path) -> str:
-        return " ".join(o for o in job_overrides(path) if o not in shared) or path.stem
+        # Short overrides first (seed=3 before a long prompt), so the cut at the cell's width keeps them.
+        return " ".join(sorted((o for o in job_overrides(path) if o not in shared), key=len)) or path.stem
 
     def job_number(path: Path):
         return (int(path.parent.name) if path.parent.name.isdigit() else 0, str(path))
