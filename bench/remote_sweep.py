@@ -3,7 +3,7 @@
     python bench/remote_sweep.py                  # 16 jobs (4 seeds x 4 prompts), tiny model, 20 steps
     python bench/remote_sweep.py --steps 40 --max-batch 2
 
-The sweep runs as ``hydra/launcher=sdflow_ray`` runs it (sdflow.remote: the driver groups the jobs into
+The sweep runs as ``hydra/launcher=sdflow_ray`` runs it (sdflow.run.remote: the driver groups the jobs into
 batches, actors run them, the driver writes every job's PNG), from the first batch sent to the last PNG
 written, actors' start-up (importing torch, loading the weights) included: that is what a sweep pays.
 Each is run ``--repeats`` times, alternating, and the best printed (other work on a shared machine only
@@ -29,7 +29,7 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow circle
 
 def sweep_jobs(steps: int):
     from sdflow.api import compose_config, plan_workflow
-    from sdflow.fused import Job
+    from sdflow.run.sweep import Job
 
     jobs = []
     for seed in range(4):
@@ -42,8 +42,8 @@ def sweep_jobs(steps: int):
 
 def on_actors(jobs, max_batch: int, workers: int, folder: Path) -> tuple[float, dict[str, int], dict[int, bytes]]:
     """(seconds, each actor's component loads, each job's PNG bytes) of the sweep on ``workers`` actors."""
-    from sdflow.remote import RemoteSweep
-    from sdflow.remote.ray_pool import RayPool
+    from sdflow.run.remote import RemoteSweep
+    from sdflow.run.remote.ray_pool import RayPool
 
     loads = {}
 
@@ -65,7 +65,7 @@ def on_actors(jobs, max_batch: int, workers: int, folder: Path) -> tuple[float, 
 
 def in_process(jobs, max_batch: int, folder: Path) -> tuple[float, dict[int, bytes]]:
     from sdflow.engine import ComponentCache
-    from sdflow.fused import Sweep
+    from sdflow.run.sweep import Sweep
 
     sweep, cache = Sweep(jobs, max_batch), ComponentCache()
     began = time.perf_counter()
@@ -85,7 +85,7 @@ def main() -> None:
 
     import ray
 
-    from sdflow.remote.ray_pool import connect
+    from sdflow.run.remote.ray_pool import connect
 
     jobs = sweep_jobs(args.steps)
     with tempfile.TemporaryDirectory(prefix="sdflow-bench-") as scratch:

@@ -7,14 +7,15 @@ import math
 import sys
 from pathlib import Path
 
-from .api import available_workflows, compose_config, plan_workflow
+from .run import compose_config, plan
+from .workflows import available_workflows
 from .engine import REGISTRY, WorkflowError
 from .engine.declare import REQUIRED
 from .engine.draw import to_mermaid
 
 
 def _param_text(param) -> str:
-    tp = param.type if isinstance(param.type, str) else param.type.__name__
+    tp = getattr(param.type, "__name__", str(param.type))
     bits = [tp]
     if param.choices:
         bits.append("one of " + ", ".join(map(str, param.choices[:12])) + (" ..." if len(param.choices) > 12 else ""))
@@ -110,11 +111,11 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(available_workflows()))
     elif args.command == "graph":
         try:
-            plan = plan_workflow(compose_config([f"workflow={args.workflow}"] + args.overrides))
+            planned = plan(None, compose_config([f"workflow={args.workflow}"] + args.overrides))
         except WorkflowError as exc:
             print(f"sdflow-info: {exc}", file=sys.stderr)
             sys.exit(2)
-        print(to_mermaid(plan), end="")
+        print(to_mermaid(planned), end="")
     elif args.command == "grid":
         print(image_grid(args.folder, args.columns, args.cell))
 

@@ -215,12 +215,13 @@ def embed_prompt_sdxl(text_encoders, tokenizers, text: str, device: str) -> tupl
 
 
 def common_length(embeddings: list[torch.Tensor], owners: list[int], empty: Callable[[], torch.Tensor], node_id: str,
-                  record: dict) -> list[torch.Tensor]:
+                  warnings: list[str]) -> list[torch.Tensor]:
     """[1, 77 x n, dim] embeddings (prompts and negatives) padded with the encoded empty chunk to the longest.
 
     A prompt and its negative of different lengths are padded as A1111 pads them. ``owners[i]`` is the image
     of ``embeddings[i]``: an image padded past its own texts' length only to share the batch with longer
-    prompts differs slightly from the same image made alone, which is said in a warning naming the node.
+    prompts differs slightly from the same image made alone, which is said in a warning naming the node (logged and
+    added to ``warnings``, the run record's).
     ``empty()`` is called only when something needs padding.
     """
     import torch
@@ -241,6 +242,6 @@ def common_length(embeddings: list[torch.Tensor], owners: list[int], empty: Call
                    "longer prompts, so they differ slightly from the same images made alone (give prompts of "
                    "different lengths separate runs to avoid it)")
         log.warning(message)
-        record.setdefault("warnings", []).append(message)
+        warnings.append(message)
     return [e if e.shape[1] == longest else torch.cat([e] + [pad] * ((longest - e.shape[1]) // pad.shape[1]), dim=1)
             for e in embeddings]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .engine import InvalidWorkflow
+from .engine import SCHEMA_VERSION, InvalidWorkflow
 
 
 class ReproduceError(InvalidWorkflow):
@@ -104,7 +104,8 @@ def apply_overrides(nodes: dict[str, dict], overrides: list[str]) -> tuple[list[
 def model_problems(nodes: dict[str, dict], recorded: dict[str, dict]) -> list[str]:
     """What is missing or changed among the models the image was made with, each with the way to fix it."""
     from .models.hashes import weight_hashes
-    from .models.sources import SourceError, resolve_source
+    from .models.model_source import SourceError
+    from .models.sources import resolve_source
 
     problems = []
     for node_id, entry in recorded.items():
@@ -138,15 +139,23 @@ def model_problems(nodes: dict[str, dict], recorded: dict[str, dict]) -> list[st
 
 
 def reproduce(png_path: str | Path, overrides: list[str] | None = None, output_dir: str | Path | None = None, *,
-              check_models: bool = True, cache=None, progress: bool = False) -> Reproduction:
+              check_models: bool = True, cache=None, progress: bool = False, on_write=None) -> Reproduction:
     """Make the image in ``png_path`` again from its metadata, with ``overrides`` applied; images go to
-    ``output_dir`` (default: a new temporary folder), beside the workflow that ran (``NAME.workflow.yaml``)."""
+    ``output_dir`` (default: a new temporary folder), beside the workflow that ran (``NAME.workflow.yaml``).
+
+    The workflow is planned as every run is (sdflow.run.plan: every check), straight from the PNG's text.
+    """
     from PIL import Image
 
-    from .api import compose_config, plan_workflow, run_plan
+    from .engine import parse_workflow
+    from .run import compose_config, plan, run
+    from .run.outputs import StaticFile, write_new_file
 
     original = Path(png_path)
     workflow_yaml, record = read_metadata(original)
+    if int(record.get("schema", 1)) > SCHEMA_VERSION:
+        raise ReproduceError(f"'{original}' was written by a newer sdflow (metadata schema {record['schema']}; this "
+                             f"one reads up to {SCHEMA_VERSION}): update sdflow to make it again")
     workflow = yaml.safe_load(workflow_yaml) or {}
     nodes = workflow.get("nodes") or {}
     runtime_overrides, changed = apply_overrides(nodes, list(overrides or []))
@@ -166,12 +175,12 @@ def reproduce(png_path: str | Path, overrides: list[str] | None = None, output_d
         import tempfile
 
         output_dir = tempfile.mkdtemp(prefix="sdflow-")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    workflow_file = output_dir / f"{original.stem}.workflow.yaml"
-    workflow_file.write_text(yaml.safe_dump(workflow, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    config = compose_config([f"workflow='{workflow_file.resolve()}'"] + runtime + runtime_overrides)
-    result = run_plan(plan_workflow(config), config, output_dir, cache=cache, progress=progress)
+    text = yaml.safe_dump(workflow, sort_keys=False, allow_unicode=True)
+    config = compose_config(runtime + runtime_overrides)
+    planned = plan(parse_workflow(text, f"{original.name} (its sdflow_workflow)"), config)
+    # the workflow that runs, beside its images (a new file, as every file sdflow writes)
+    write_new_file(Path(output_dir), f"{original.stem}.workflow.yaml", StaticFile(text.encode("utf-8")))
+    result = run(planned, config, output_dir, cache=cache, progress=progress, on_write=on_write)
 
     image = record.get("image") or {}
     remade = next((path for path in result.saved if _made_as(path, image)), None)

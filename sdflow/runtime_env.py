@@ -21,27 +21,31 @@ _torch_default_threads: int | None = None  # torch's own choice, read before sdf
 
 
 def plan_weight_bytes(plan) -> int | None:
-    """Bytes of the weights the plan's ``load_model`` nodes read (a model folder's weight files, or one file).
-
-    None when one of them is not on disk yet (a hub id still to download): size unknown, so not small.
+    """Bytes of the weights the plan's models are loaded from (its ``model_source`` parameters: a model folder's
+    weight files, or one file). None when one of them is not on disk yet (a hub id still to download): size
+    unknown, so not small.
     """
-    from .models.sources import SourceError, resolve_source
+    from .models.model_source import SourceError
+    from .models.sources import resolve_source
 
     files = set()
     for planned in plan.nodes.values():
-        if planned.spec.name != "load_model":
-            continue
-        params = planned.params
-        try:
-            source = resolve_source(params["source"], params.get("config") or None, params.get("allow_pickle", False))
-        except SourceError:
-            return None
-        if source.file is not None:
-            files.add(Path(source.file).resolve())
-        elif source.folder is None:
-            return None
-        else:
-            files.update(p.resolve() for p in Path(source.folder).rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+        spec, params = planned.spec, planned.params
+        config = next((params.get(name) for name in spec.params_with_role("model_config")), None)
+        trusted = any(params.get(name) for name in spec.params_with_role("trust"))
+        for source in (params.get(name) for name in spec.params_with_role("model_source")):
+            if not source:  # e.g. a VAE swap left empty: the model's own
+                continue
+            local = Path(os.path.expanduser(source))
+            if not local.exists():  # a built-in name or a hub id: where it is (None: not downloaded yet)
+                try:
+                    local = resolve_source(source, config or None, trusted).folder
+                except SourceError:
+                    return None
+                if local is None:
+                    return None
+            found = [local] if local.is_file() else [p for p in local.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
+            files.update(p.resolve() for p in found)
     return sum(p.stat().st_size for p in files)
 
 

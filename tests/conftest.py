@@ -72,14 +72,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture(scope="session")
 def tiny_sd():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_upscaler():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny-x4")
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from parity import as_nhwc, assert_parity, generators, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.engine import ComponentCache, ValidationError
-from sdflow.models.tiny import builtin_model
+from sdflow.models.builtin import builtin_model
 
 PROMPT = "a photo of myword on the left"
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from parity import as_nhwc, assert_parity, generators, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.engine import ComponentCache, ValidationError
+from sdflow.nodes.records import LoraLoad
 
 PROMPT = "a red cat"
 
@@ -87,8 +88,8 @@ def test_unet_lora_matches_load_lora_weights_and_fuse_lora(pipe, lora_files, wor
     ours, result = sdflow_image(workflow, [(lora_files["unet"], weight)], tmp_path)
     theirs = diffusers_image(pipe, lora_files["unet"], weight)
     assert_parity(ours, theirs, diffusers_image(pipe))
-    (entry,) = result.record["loras"]["lora"]
-    assert entry["weight"] == weight and entry["name"] == "unet"
+    (entry,) = result.record.of(LoraLoad)["lora"].files
+    assert entry.weight == weight and entry.name == "unet"
 
 
 def test_text_encoder_lora_matches_the_merged_weights(pipe, lora_files, workflow, tmp_path):
@@ -155,7 +156,7 @@ def test_reproduce_round_trips_img2img_with_a_lora_and_a_fused_sweep_job(lora_fi
 
     from sdflow.api import compose_config, plan_workflow
     from sdflow.engine import ComponentCache
-    from sdflow.fused import Job, Sweep
+    from sdflow.run.sweep import Job, Sweep
     from sdflow.reproduce import reproduce
 
     picture = tmp_path / "in.png"

@@ -114,7 +114,7 @@ def test_long_prompt_is_chunked_like_a1111_not_truncated(sd_pipe, tmp_path):
     truncated = sd_pipe(prompt=LONG, negative_prompt="blurry low quality", num_inference_steps=4, height=64, width=64,
                         generator=generators([3]), output_type="np").images
     assert_parity(ours, theirs, truncated)
-    assert "warnings" not in result.record  # a prompt and its negative padded to each other is not a warning
+    assert not result.record.warnings  # a prompt and its negative padded to each other is not a warning
 
 
 def test_weights_match_the_reference_and_move_the_image(sd_pipe, tmp_path):
@@ -147,13 +147,13 @@ def test_prompts_of_different_lengths_in_one_batch_are_padded_with_a_warning(tmp
     result = run_workflow("text2img", ["model=tiny", f"prompt=['{SHORT}','{LONG}']", "seed=[1,2]", "steps=2"],
                           output_dir=tmp_path)
     assert result.outputs["prompt"]["embeddings"].positive.shape[1] == 154
-    (warning,) = result.record["warnings"]
+    (warning,) = result.record.warnings
     assert "node 'prompt'" in warning and "image(s) 0 were padded to 2 chunks" in warning
 
 
 @pytest.fixture(scope="module")
 def sdxl_pipe():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(builtin_model("tiny-sdxl"), add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)

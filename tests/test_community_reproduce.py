@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdflow.a1111 import parse_parameters
+from sdflow.nodes.a1111 import parse_parameters
 from sdflow.api import run_workflow
 from sdflow.reproduce import ReproduceError, reproduce
 

@@ -17,7 +17,8 @@ from parity import as_nhwc, assert_parity, generators
 from sdflow.api import run_workflow
 from sdflow.engine import ValidationError
 from sdflow.models.single_file import detect_family, tensor_shapes
-from sdflow.models.tiny import builtin_model
+from sdflow.models.builtin import builtin_model
+from sdflow.nodes.records import ModelLoad
 
 FAMILIES = {"tiny": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl", "tiny-sdxl-refiner": "sdxl_refiner"}
 
@@ -76,7 +77,7 @@ def test_text2img_from_a_single_file_matches_from_single_file(checkpoints, tmp_p
     image = as_nhwc(ours.outputs["decode"]["image"].pixels)
     assert_parity(image, theirs, as_nhwc(moved.outputs["decode"]["image"].pixels))
     assert (image == as_nhwc(folder.outputs["decode"]["image"].pixels)).all()  # the same weights: the same pixels
-    assert ours.record["models"]["model"]["model_hash"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()[:10]
+    assert ours.record.of(ModelLoad)["model"].model_hash == __import__("hashlib").sha256(path.read_bytes()).hexdigest()[:10]
 
 
 def test_sdxl_from_a_single_file_matches_the_pipeline_of_its_folder(checkpoints, tmp_path):

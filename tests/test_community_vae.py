@@ -14,7 +14,9 @@ from original_layout import vae_to_original
 from parity import as_nhwc, assert_parity, generators, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.engine import ValidationError
-from sdflow.models.tiny import builtin_model, make_vae
+from sdflow.models.builtin import builtin_model
+from sdflow.models.tiny import make_vae
+from sdflow.nodes.records import ModelLoad
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_a_vae_folder_matches_the_pipeline_given_it(pipe, vaes, tmp_path):
     ours, result = sdflow_image(vaes[0], tmp_path)
     theirs = diffusers_image(pipe, diffusers.AutoencoderKL.from_pretrained(vaes[0]))
     assert_parity(ours, theirs, diffusers_image(pipe))
-    assert "sha256" in result.record["models"]["vae"]  # recorded for reproduce
+    assert result.record.of(ModelLoad)["vae"].sha256  # recorded for reproduce
 
 
 def test_a_single_file_vae_matches_from_single_file(pipe, vaes, tiny_sd, tmp_path):

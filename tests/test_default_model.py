@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sdflow.api import compose_config, plan_workflow, prompt_warnings
+from sdflow.api import compose_config, plan_workflow
+from sdflow.run.plan import prompt_warnings
 
 
 def warnings_for(overrides):

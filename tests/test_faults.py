@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from sdflow.cli import claim_folder
+from sdflow.cli.command import Command
 
 
 def sdflow(cwd, *args, **kwargs):
@@ -20,13 +20,11 @@ def sdflow(cwd, *args, **kwargs):
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     base = str(tmp_path / "outputs" / "12-00-00")
-    assert claim_folder(base) == base
-    assert claim_folder(base) == base  # the same process reads its own folder again
+    command = Command()
+    assert command.claim_folder(base) == base
+    assert command.claim_folder(base) == base  # the same process reads its own folder again
     os.mkdir(base + "_2")  # another process took the next name meanwhile
-    from sdflow import cli
-
-    cli._claimed.clear()  # as a second process would start
-    assert claim_folder(base) == base + "_3"
+    assert Command().claim_folder(base) == base + "_3"  # as a second process would start
 
 
 def test_two_commands_at_once_write_two_images(tmp_path):
@@ -106,7 +104,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_anything_runs(tm
         run = sdflow(tmp_path, "model=tiny", "steps=1", *args)
         assert run.returncode == 2 and "is not a folder" in run.stderr, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing made
-    from sdflow.api import output_folder_problem
+    from sdflow.run import output_folder_problem
 
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only folder (root could write anyway)
     problem = output_folder_problem(str(tmp_path / "outputs" / "${now:%H}"), "hydra.run.dir")

@@ -22,8 +22,8 @@ from PIL import Image
 from sdflow.api import compose_config, plan_workflow, run_workflow
 from sdflow.engine import REGISTRY, NodeRunError, Problem, load_workflow
 from sdflow.engine import errors
-from sdflow.manifest import read_manifest
-from sdflow.nodes.save_image import write_new_file
+from sdflow.run.manifest import read_manifest
+from sdflow.run.outputs import write_new_file
 from sdflow.workflows import WORKFLOWS_DIR
 
 TINY = ["model=tiny", "steps=2"]
@@ -32,6 +32,11 @@ TINY = ["model=tiny", "steps=2"]
 def metadata(path) -> dict:
     with Image.open(path) as image:
         return json.loads(image.text["sdflow"])
+
+
+def fallback_texts(fallbacks) -> list[str]:
+    """What each fallback says: typed events (a run's record) or their JSON (a PNG's metadata, a manifest)."""
+    return [f["text"] if isinstance(f, dict) else str(f) for f in fallbacks]
 
 
 def pixels(result, node="decode") -> np.ndarray:
@@ -171,7 +176,7 @@ def test_the_manifest_is_written_when_the_run_starts(tmp_path, monkeypatch):
     spec = REGISTRY["denoise"]
 
     def spy(ctx, **kwargs):
-        seen.append(read_manifest(ctx.output_dir))
+        seen.append(read_manifest(ctx.outputs.folder))
         return spec.fn(ctx, **kwargs)
 
     monkeypatch.setitem(REGISTRY, "denoise", dataclasses.replace(spec, fn=spy))
@@ -215,10 +220,11 @@ def test_an_out_of_memory_denoise_batch_is_split_with_the_same_pixels(tmp_path, 
     assert np.abs(pixels(split) - pixels(whole)).max() <= 1e-4
     expected = ["denoise: out of memory denoising 3 images at once; ran them as 1 + 2",
                 "denoise: out of memory denoising 2 images at once; ran them as 1 + 1"]
-    assert split.record["fallbacks"] == expected
-    assert metadata(split.saved[2])["fallbacks"] == expected
-    assert read_manifest(tmp_path / "split")["fallbacks"] == expected
-    assert "fallbacks" not in whole.record
+    assert fallback_texts(split.record.fallbacks) == expected
+    assert [f.kind for f in split.record.fallbacks] == ["batch_split", "batch_split"]
+    assert fallback_texts(metadata(split.saved[2])["fallbacks"]) == expected
+    assert fallback_texts(read_manifest(tmp_path / "split")["fallbacks"]) == expected
+    assert not whole.record.fallbacks
 
 
 def test_an_out_of_memory_img2img_batch_is_split_with_the_same_pixels(tmp_path, monkeypatch):
@@ -231,7 +237,7 @@ def test_an_out_of_memory_img2img_batch_is_split_with_the_same_pixels(tmp_path, 
     oom_when(monkeypatch, diffusers.UNet2DConditionModel, lambda sample: sample.shape[0] > 2)
     split = run_workflow("img2img", args, output_dir=tmp_path / "split")
     assert np.abs(pixels(split) - pixels(whole)).max() <= 1e-4
-    assert split.record["fallbacks"] == ["denoise: out of memory denoising 2 images at once; ran them as 1 + 1"]
+    assert fallback_texts(split.record.fallbacks) == ["denoise: out of memory denoising 2 images at once; ran them as 1 + 1"]
 
 
 def test_an_out_of_memory_decode_decodes_fewer_images_then_in_tiles(tiny_sd, tmp_path, monkeypatch):
@@ -242,13 +248,14 @@ def test_an_out_of_memory_decode_decodes_fewer_images_then_in_tiles(tiny_sd, tmp
     oom_when(monkeypatch, diffusers.AutoencoderKL, lambda z: z.shape[0] > 1)
     halves = run_workflow("text2img", args, output_dir=tmp_path / "halves")
     assert np.abs(pixels(halves) - pixels(whole)).max() <= 1e-4
-    assert halves.record["fallbacks"] == ["decode: out of memory decoding 2 images at once; decoded them as 1 + 1"]
+    assert fallback_texts(halves.record.fallbacks) == ["decode: out of memory decoding 2 images at once; decoded them as 1 + 1"]
 
     oom_when(monkeypatch, diffusers.AutoencoderKL, lambda z: True)  # not even one image fits
     tiled = run_workflow("text2img", args[:-1] + ["seed=1"], output_dir=tmp_path / "tiled")
-    assert tiled.record["fallbacks"] == ["decode: out of memory decoding one 64x64 image; decoded it in tiles of 32 px "
-                                         "(diffusers' tiled VAE decode)"]
-    assert metadata(tiled.saved[0])["fallbacks"] == tiled.record["fallbacks"]
+    assert fallback_texts(tiled.record.fallbacks) == [
+        "decode: out of memory decoding one 64x64 image; decoded it in tiles of 32 px (diffusers' tiled VAE decode)"]
+    assert [f.kind for f in tiled.record.fallbacks] == ["tiled_decode"]
+    assert fallback_texts(metadata(tiled.saved[0])["fallbacks"]) == fallback_texts(tiled.record.fallbacks)
     # The oracle: diffusers' own tiled decode with those tiles (16 latents = 32 px at this VAE's factor 2).
     vae = diffusers.AutoencoderKL.from_pretrained(Path(tiny_sd) / "vae")
     vae.enable_tiling()

@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 from parity import as_nhwc, assert_parity, generators, max_diff
-from sdflow.api import WORKFLOWS_DIR, run_workflow
+from sdflow.api import run_workflow
+from sdflow.workflows import WORKFLOWS_DIR
 from sdflow.engine import ValidationError
 
 PROMPT = "a castle on the left"
@@ -20,7 +21,7 @@ PROMPT = "a castle on the left"
 
 @pytest.fixture(scope="module")
 def tiny_depth():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny-depth")
 

@@ -15,13 +15,14 @@ import torch
 from parity import as_nhwc, assert_parity, generators, max_diff
 from sdflow.api import run_workflow
 from sdflow.engine import REGISTRY, ValidationError
+from sdflow.nodes.records import LatentUpscale
 
 PROMPT = "a lighthouse at dusk"
 
 
 @pytest.fixture(scope="module")
 def tiny_latent_upscaler():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny-latent-upscale")
 
@@ -91,7 +92,7 @@ def test_upscale_seed_of_its_own_matches_a_fresh_generator_for_the_upscaler(pipe
                       generator=torch.Generator().manual_seed(8), output_type="np").images
     result, ours = sdflow_chain(["seed=3", "upscale_seed=8", "upscale_guidance=9.0"], tmp_path)
     assert_parity(ours, theirs, diffusers_chain(pipes, [3], 9.0))  # moved: the text2img generator continued
-    assert result.record["latent_upscale"]["upscale"]["seed"] == [8]
+    assert result.record.of(LatentUpscale)["upscale"].seed == [8]
     # The image's own seed is the default: its generator continues into the upscaler (the chain diffusers documents).
     _, same = sdflow_chain(["seed=3", "upscale_seed=3", "upscale_guidance=9.0"], tmp_path)
     assert_parity(same, diffusers_chain(pipes, [3], 9.0), theirs)

@@ -18,7 +18,7 @@ PROMPT = "a lighthouse at dusk"
 
 @pytest.fixture(scope="module")
 def tiny_ldm3d():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny-ldm3d")
 

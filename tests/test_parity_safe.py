@@ -12,7 +12,8 @@ import pytest
 from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 
 from parity import as_nhwc, assert_parity, generators
-from sdflow.api import WORKFLOWS_DIR, run_workflow
+from sdflow.api import run_workflow
+from sdflow.workflows import WORKFLOWS_DIR
 from sdflow.engine import ValidationError
 
 PROMPT = "a red castle at dusk"

@@ -16,7 +16,7 @@ PROMPT = "a photo of a green lighthouse"
 
 @pytest.fixture(scope="module")
 def tiny_sd2():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny-sd2")
 

@@ -17,14 +17,14 @@ PROMPT = "a lighthouse at dusk"
 
 @pytest.fixture(scope="module")
 def tiny_sdxl():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny-sdxl")
 
 
 @pytest.fixture(scope="module")
 def tiny_sdxl_refiner():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny-sdxl-refiner")
 

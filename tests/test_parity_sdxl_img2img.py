@@ -17,7 +17,7 @@ PROMPT = "a lighthouse at dusk"
 
 @pytest.fixture(scope="module")
 def refiner_pipe():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(builtin_model("tiny-sdxl-refiner"),
                                                                       add_watermarker=False)

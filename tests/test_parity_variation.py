@@ -15,7 +15,7 @@ from sdflow.engine import ValidationError
 
 @pytest.fixture(scope="module")
 def tiny_variation():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     return builtin_model("tiny-variation")
 

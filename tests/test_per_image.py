@@ -17,6 +17,7 @@ from PIL import Image
 from parity import as_nhwc, assert_parity, generators, max_diff, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.engine import ValidationError
+from sdflow.nodes.records import PromptEncoding
 
 PROMPTS = ["a red circle", "a blue square on the left", "a lighthouse at dusk"]
 NEGATIVES = ["blurry", "low quality", ""]
@@ -84,7 +85,7 @@ def test_hydra_list_syntax_and_a_single_value_broadcast(tmp_path):
 def test_each_distinct_text_is_encoded_once(tmp_path):
     result = sdflow_run("text2img", [f"prompt={listed(['a red circle', 'a blue square', 'a red circle'])}",
                                      "negative_prompt=a red circle", "seed=[1,2,3]", "steps=1"], tmp_path)
-    assert result.record["prompts"]["prompt"]["texts_encoded"] == 2
+    assert result.record.of(PromptEncoding)["prompt"].texts_encoded == 2
     embeddings = result.outputs["prompt"]["embeddings"]
     assert (embeddings.positive[0] == embeddings.positive[2]).all()
     assert (embeddings.positive[0] == embeddings.negative[1]).all()
@@ -188,7 +189,7 @@ def test_list_elements_are_checked_one_by_one():
 
 @pytest.fixture(scope="module")
 def sdxl_pipe():
-    from sdflow.models.tiny import builtin_model
+    from sdflow.models.builtin import builtin_model
 
     pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(builtin_model("tiny-sdxl"), add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)

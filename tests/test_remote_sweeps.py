@@ -22,9 +22,10 @@ from PIL import Image
 
 from sdflow.api import compose_config, plan_workflow
 from sdflow.engine import WorkflowError
-from sdflow.fused import Job
-from sdflow.remote import JobOutcome, RemoteSweep, Unit, WorkerLost
-from sdflow.remote.sweep import retry_or_give_up, write_atomically
+from sdflow.run.sweep import Job
+from sdflow.run.remote import JobOutcome, RemoteSweep, Unit, WorkerLost
+from sdflow.run.outputs import PendingFile, StaticFile
+from sdflow.run.remote.sweep import retry_or_give_up
 
 pytestmark = pytest.mark.slow  # starts a Ray cluster and submitit tasks: about a minute and a half
 
@@ -98,7 +99,7 @@ def local_sweep(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """A Ray cluster on this machine (2 CPUs, loopback only, no dashboard), stopped after the module."""
-    from sdflow.remote.ray_pool import loopback_only
+    from sdflow.run.remote.ray_pool import loopback_only
 
     loopback_only()
     ray = pytest.importorskip("ray")
@@ -116,6 +117,16 @@ def test_a_sweep_on_two_ray_actors_equals_the_local_sweep(ray_cluster, local_swe
     # Two batches of four jobs, one per actor; each actor loaded each of the 5 components once.
     assert worker_loads(tmp_path / "out") == {"ray worker 0": 5, "ray worker 1": 5}
     assert "sweep on 2 ray workers: 100%" in run.stderr and "8/8" in run.stderr
+
+
+def test_a_ray_sweep_rerun_into_the_same_folder_keeps_the_earlier_images(ray_cluster, tmp_path):
+    """Two sweeps into one folder with different prompts: all four images stay (the driver never replaces a file)."""
+    for prompt in ("a red circle", "a blue square"):
+        run = sdflow(tmp_path, "-m", "model=tiny", "steps=1", "seed=0,1", f"prompt={prompt}", "hydra.sweep.dir=same",
+                     "hydra/launcher=sdflow_ray", f"hydra.launcher.address='{ray_cluster}'", "hydra.launcher.workers=1")
+        assert run.returncode == 0, run.stderr
+    prompts = sorted(metadata(path)["image"]["values"]["prompt.prompt"] for path in images(tmp_path / "same").values())
+    assert prompts == ["a blue square"] * 2 + ["a red circle"] * 2
 
 
 def test_a_sweep_on_slurm_array_tasks_equals_the_local_sweep(local_sweep, tmp_path):
@@ -154,7 +165,7 @@ def mismatched_copy(model: Path, folder: Path) -> Path:
 def test_a_killed_actor_loses_no_job_and_a_bad_job_fails_alone(ray_cluster, local_sweep, tiny_sd, tmp_path, caplog):
     import ray
 
-    from sdflow.remote.ray_pool import RayPool
+    from sdflow.run.remote.ray_pool import RayPool
 
     broken = mismatched_copy(tiny_sd, tmp_path / "broken")
     sweep_jobs = [["model=tiny", "steps=2", f"seed={seed}", f"prompt={prompt}"]
@@ -187,7 +198,7 @@ def test_a_killed_actor_loses_no_job_and_a_bad_job_fails_alone(ray_cluster, loca
 
 def test_a_killed_slurm_task_runs_again_and_writes_each_job_once(local_sweep, tmp_path, caplog):
     pytest.importorskip("submitit")
-    from sdflow.remote.slurm_pool import SubmititPool
+    from sdflow.run.remote.slurm_pool import SubmititPool
 
     jobs = jobs_for([["model=tiny", "steps=2", "seed=0", f"prompt={p}"] for p in ("a red circle", "a blue square")])
     pool = SubmititPool(str(tmp_path / "submitit" / "%j"), cluster="local", parameters={"gpus_per_node": 0})
@@ -224,7 +235,7 @@ class FakePool:
             self.deaths -= 1
             return retry_or_give_up(unit, "worker died", self.retries, self.pending)
         # A unit's outcome arriving twice (a worker thought dead finishing late) must not write twice.
-        return [JobOutcome(job.num, {"a.png": b"png"}, {"saved": ["a.png"]}) for job in unit.jobs] * 2
+        return [JobOutcome(job.num, [PendingFile("a.png", StaticFile(b"png"), "save")]) for job in unit.jobs] * 2
 
     def close(self):
         pass
@@ -241,5 +252,8 @@ def test_retries_end_and_a_late_duplicate_is_not_written_twice(tmp_path):
     given_up.start()
     with pytest.raises(WorkerLost, match="lost its worker 2 time"):
         given_up.run_job(0, tmp_path / "lost")
-    assert write_atomically(tmp_path / "0" / "a.png", b"png") is False  # already complete: not re-written
+    again = RemoteSweep(jobs, max_batch=2, pool=FakePool(deaths=0, retries=1), progress=False)
+    again.start()  # a rerun into the same folders keeps the earlier files: never replaced, the new one numbered
+    assert [p.name for p in again.run_job(0, tmp_path / "0").saved] == ["a_1.png"]
+    assert sorted(p.name for p in (tmp_path / "0").glob("*.png")) == ["a.png", "a_1.png"]
     assert Unit(jobs).attempts == 0

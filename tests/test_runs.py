@@ -11,6 +11,7 @@ from PIL import Image
 
 from sdflow.api import run_workflow
 from sdflow.engine import ComponentCache, ValidationError
+from sdflow.nodes.records import SafetyReport, SafetySkipped
 
 
 def test_chain_loads_each_weight_once_and_a_second_run_loads_nothing(tmp_path):
@@ -107,8 +108,8 @@ def test_safety_checker_reports_flagged_images(tiny_sd, tmp_path, caplog, flag_e
     add_safety_checker(folder, flag_everything)
     result = run_workflow("text2img", ["model=tiny", f"model.path={folder}", "steps=2", "seed=[1,2]"],
                           output_dir=tmp_path / "out")
-    report = result.record["safety"]["safety"]
-    assert report["flagged"] == [flag_everything, flag_everything]
+    report = result.record.of(SafetyReport)["safety"]
+    assert report.flagged == [flag_everything, flag_everything]
     pixels = result.outputs["safety"]["image"].pixels
     if flag_everything:
         assert float(pixels.abs().max()) == 0.0
@@ -121,7 +122,7 @@ def test_safety_checker_reports_flagged_images(tiny_sd, tmp_path, caplog, flag_e
 
 def test_model_without_safety_checker_skips_it_explicitly(tmp_path):
     result = run_workflow("text2img", ["model=tiny", "steps=2"], output_dir=tmp_path)
-    assert result.record["safety"]["safety"] == "skipped: the model has no safety checker"
+    assert result.record.of(SafetySkipped)["safety"].reason == "the model has no safety checker"
 
 
 def test_pickle_weights_are_refused_unless_allowed(tiny_sd, tmp_path):

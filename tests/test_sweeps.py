@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from sdflow.api import compose_config, plan_workflow, run_plan
 from sdflow.engine import ComponentCache, NodeRunError
-from sdflow import fused
-from sdflow.fused import Job, Sweep
+from sdflow.nodes.records import PromptEncoding
+from sdflow.run import sweep as sweeps
+from sdflow.run.sweep import Job, Sweep
 
 from parity import TOLERANCE, max_diff
 
@@ -133,7 +132,7 @@ def test_fused_batches_equal_single_runs_in_floats_and_load_and_encode_once(tmp_
         pixels = alone.outputs["safety"]["image"].pixels
         assert max_diff(fused_images.take(index, index + 1).pixels.numpy(), pixels.numpy()) <= TOLERANCE
     # Each distinct prompt (and the empty negative) was encoded once for the four jobs.
-    assert batch.record["prompts"]["prompt"]["texts_encoded"] == 3
+    assert batch.record.of(PromptEncoding)["prompt"].texts_encoded == 3
 
 
 def test_a_batch_of_different_seeds_moves_the_images(tmp_path):
@@ -153,16 +152,17 @@ def test_max_batch_packs_whole_jobs(tmp_path):
 
 
 def test_one_failing_job_fails_alone_and_the_rest_of_its_batch_is_written(tmp_path, monkeypatch):
+    import diffusers.utils.torch_utils
+
     jobs = jobs_for([BASE + [f"seed={s}"] for s in (3, 13, 23)])
-    original = fused.run_plan
+    original = diffusers.utils.torch_utils.randn_tensor
 
-    def run_plan_failing_on_13(plan, config, output_dir, **kwargs):
-        seeds = plan.nodes["noise"].params["seed"]
-        if 13 in (seeds if isinstance(seeds, list) else [seeds]):
-            raise NodeRunError(plan.workflow.path, "noise", "init_latents", ValueError("seed 13 is cursed"))
-        return original(plan, config, output_dir, **kwargs)
+    def randn_failing_on_13(shape, generator=None, **kwargs):  # the noise node's draw, in a batch or alone
+        if any(g.initial_seed() == 13 for g in generator or []):
+            raise ValueError("seed 13 is cursed")
+        return original(shape, generator=generator, **kwargs)
 
-    monkeypatch.setattr(fused, "run_plan", run_plan_failing_on_13)
+    monkeypatch.setattr(diffusers.utils.torch_utils, "randn_tensor", randn_failing_on_13)
     results = run_sweep(Sweep(jobs, max_batch=8), tmp_path, ComponentCache())
     assert isinstance(results[1], NodeRunError) and "seed 13 is cursed" in str(results[1])
     for num in (0, 2):
@@ -172,7 +172,7 @@ def test_one_failing_job_fails_alone_and_the_rest_of_its_batch_is_written(tmp_pa
 
 def test_an_out_of_memory_batch_is_split_and_gives_the_same_pixels(tmp_path, monkeypatch):
     jobs = jobs_for([BASE + [f"seed={s}"] for s in range(4)])
-    original = fused._run_images
+    original = sweeps._run_images
 
     class OutOfMemoryError(RuntimeError):
         pass
@@ -183,15 +183,15 @@ def test_an_out_of_memory_batch_is_split_and_gives_the_same_pixels(tmp_path, mon
             raise NodeRunError("text2img.yaml", "denoise", "denoise", cause) from cause
         return original(batch_jobs, cache)
 
-    monkeypatch.setattr(fused, "_run_images", small_memory)
+    monkeypatch.setattr(sweeps, "_run_images", small_memory)
     monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
     results = run_sweep(Sweep(jobs, max_batch=8), tmp_path / "split", ComponentCache())
-    monkeypatch.setattr(fused, "_run_images", original)
+    monkeypatch.setattr(sweeps, "_run_images", original)
     plain = run_sweep(Sweep(jobs, max_batch=8), tmp_path / "whole", ComponentCache())
     for num in range(4):
         (ours,), (theirs,) = results[num].saved, plain[num].saved
         assert max_diff(np.asarray(Image.open(ours)) / 255, np.asarray(Image.open(theirs)) / 255) <= 1 / 255 + 1e-9
-        assert metadata(ours)["fallbacks"] == ["out of memory: batch split 2x"]
+        assert [f["text"] for f in metadata(ours)["fallbacks"]] == ["out of memory: batch split 2x"]
         assert metadata(ours)["image"]["seed"] == num
 
 

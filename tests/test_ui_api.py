@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from sdflow.api import run_workflow
-from sdflow.ui.gallery import reproduce
+from sdflow.reproduce import reproduce
 from sdflow.ui.http import create_api
 from sdflow.ui.jobs import JobQueue
 from sdflow.ui.limits import Folders, RequestRefused
@@ -189,8 +189,8 @@ def test_reproduce_and_run_again_from_the_gallery(server, tmp_path):
     submitted = client.post("/api/jobs", json={"workflow": "text2img", "values": {"seed": 11, "steps": 5}})
     job = wait(client, submitted.json()["id"])
     original = jobs.folders.outputs / job["images"][0]["file"]
-    again = reproduce(original, tmp_path / "again")
-    assert np.array_equal(pixels(again.saved[0]), pixels(original))
+    again = reproduce(original, output_dir=tmp_path / "again")
+    assert np.array_equal(pixels(again.remade), pixels(original))
 
     gallery = client.get("/api/gallery").json()
     assert job["images"][0]["file"] in [entry["file"] for entry in gallery]

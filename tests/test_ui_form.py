@@ -8,7 +8,7 @@ from sdflow.api import compose_config
 from sdflow.engine import REGISTRY, Problem
 from sdflow.help import group_choices
 from sdflow.ui.form import field_of, load_form, parse_seeds, sweep_values
-from sdflow.ui.limits import FILE_PARAMS, NAME_PARAMS, SOURCE_PARAMS
+from sdflow.ui.limits import GUARDED_ROLES
 from sdflow.workflows import workflow_path
 
 
@@ -83,17 +83,17 @@ nodes:
 
 
 def test_every_parameter_that_names_a_file_or_a_model_is_guarded():
-    """A new node parameter that reads a file must be added to limits.FILE_PARAMS, or the server would pass it on."""
-    for table in (FILE_PARAMS, SOURCE_PARAMS, NAME_PARAMS):
-        for node_type, names in table.items():
-            assert set(names) <= set(REGISTRY[node_type].params), node_type
-    tables = (FILE_PARAMS, SOURCE_PARAMS, NAME_PARAMS)
-    guarded = {(t, n) for table in tables for t, names in table.items() for n in names}
+    """A new node parameter that reads a file must declare its role (input_file, model_source...), or the server
+    would pass it on."""
     for spec in REGISTRY.values():
         for name, param in spec.params.items():
             reads = any(word in param.doc.lower() for word in ("file", "folder", "hub id"))
             if reads and name != "prefix":  # save_image's prefix is a name part, refused with a '/' by the node
-                assert (spec.name, name) in guarded, f"{spec.name}.{name}: {param.doc}"
+                assert param.role in GUARDED_ROLES, f"{spec.name}.{name}: {param.doc}"
+    guarded = {(spec.name, name) for spec in REGISTRY.values() for name, p in spec.params.items()
+               if p.role in GUARDED_ROLES}
+    assert {("load_image", "path"), ("load_model", "source"), ("load_model", "config"), ("load_model", "allow_pickle"),
+            ("lora", "loras")} <= guarded
 
 
 def test_seeds_and_sweeps_become_per_image_lists():

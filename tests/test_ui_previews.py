@@ -1,4 +1,4 @@
-"""Step previews (sdflow/ui/previews.py): from the CLI into the run folder, through a callback for the UI."""
+"""Step previews (sdflow/nodes/previews.py): from the CLI into the run folder, through a callback for the UI."""
 
 from __future__ import annotations
 

@@ -2,22 +2,17 @@
 
 They run a sweep as the local fused launcher does (same validation, grouping, job folders, ``.hydra/``
 files, logs, JobReturns, callbacks and exit status), except that the batches run on workers: Ray actors
-or Slurm array tasks (sdflow.remote). Workers send back each job's images and metadata; the driver
-writes every job folder, so the sweep folder need not be shared with the workers.
+or Slurm array tasks (sdflow.run.remote). Workers send back what each job would write; the driver writes
+every job folder through the one writer (new files only), so the sweep folder need not be shared with them.
 """
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, configure_log, setup_globals
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
 
-from .sdflow_launcher import prepare_jobs, run_in_order
+from .sdflow_launcher import SweepLauncher
 
 log = logging.getLogger(__name__)
 
@@ -56,48 +51,26 @@ ConfigStore.instance().store(group="hydra/launcher", name="sdflow_ray", node=Sdf
 ConfigStore.instance().store(group="hydra/launcher", name="sdflow_slurm", node=SdflowSlurmConf, provider="sdflow")
 
 
-class RemoteLauncher(Launcher):
+class RemoteLauncher(SweepLauncher):
     """The fused launcher's job loop with the batches run by a pool of workers (``make_pool``)."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__()
-        self.options = options
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def make_pool(self):
         raise NotImplementedError
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from sdflow.fused import activate, max_batch
-        from sdflow.remote import RemoteSweep
+    def make_sweep(self, jobs: list, max_batch: int):
+        from sdflow.run.remote import RemoteSweep
 
-        setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs, configs = prepare_jobs(self, job_overrides, initial_job_idx)
-        if not jobs:
-            return []
-        sweep = RemoteSweep(jobs, max_batch(jobs[0].config), self.make_pool())
+        sweep = RemoteSweep(jobs, max_batch, self.make_pool())
         sweep.start()
         log.info(f"Launching {len(jobs)} jobs on {sweep.pool}: {len(sweep.units)} batches or lone jobs")
-        activate(sweep)
-        try:
-            return run_in_order(self, configs)
-        finally:
-            activate(None)
-            sweep.close()
+        return sweep
 
 
 class RayLauncher(RemoteLauncher):
     """``hydra/launcher=sdflow_ray``: the batches on long-lived Ray actors, one component cache each."""
 
     def make_pool(self):
-        from sdflow.remote.ray_pool import RayPool
+        from sdflow.run.remote.ray_pool import RayPool
 
         return RayPool(**self.options)
 
@@ -106,7 +79,7 @@ class SlurmLauncher(RemoteLauncher):
     """``hydra/launcher=sdflow_slurm``: the batches as Slurm array tasks through submitit (``cluster=local``: local)."""
 
     def make_pool(self):
-        from sdflow.remote.slurm_pool import SubmititPool
+        from sdflow.run.remote.slurm_pool import SubmititPool
 
         o = dict(self.options)
         slurm = {"partition": o.pop("partition"), "account": o.pop("account"), "qos": o.pop("qos"),

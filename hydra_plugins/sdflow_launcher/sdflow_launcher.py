@@ -1,12 +1,18 @@
 """sdflow's Hydra sweeper and launcher, the defaults for ``sdflow -m``.
 
-The sweeper is Hydra's basic one that first composes and validates every job, so a broken job stops
-the sweep before any folder exists, and refuses a bare comma in a swept text value. The launcher runs
-the jobs as Hydra's basic launcher does (each a real Hydra job: folder, ``.hydra/``, log, JobReturn,
-callbacks) while the jobs that differ only in per-image values share batches (sdflow.fused).
+The sweeper is Hydra's basic one that first composes and plans every job (sdflow.run.plan: every check), so a
+broken job stops the sweep before any folder exists. The launcher runs the jobs as Hydra's basic launcher does
+(each a real Hydra job: folder, ``.hydra/``, log, JobReturn, callbacks) while the jobs that differ only in
+per-image values share batches (sdflow.run.sweep).
+
+State travels as Hydra's own launchers pass it, by argument: Hydra hands both plugins the task function,
+which is sdflow's command (sdflow.cli.command.Command): the sweeper keeps each job's plan there and reports
+failed jobs to it; the launcher takes the plans from it and calls it for each job bound to its sweep. This is
+also the one module that uses Hydra's private modules (its basic sweeper); tests/test_hydra_contract.py pins
+what it relies on.
 """
 
-
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import QuotedString, ValueType
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -40,67 +45,57 @@ ConfigStore.instance().store(group="hydra/sweeper", name="sdflow", node=SdflowSw
 ConfigStore.instance().store(group="hydra/launcher", name="sdflow", node=SdflowLauncherConf, provider="sdflow")
 
 
-def comma_problems(overrides: Sequence[str]) -> list[str]:
-    """A bare comma list on a text key would silently sweep the halves of one text: refuse it, showing both spellings."""
-    from sdflow.api import TEXT_KEYS
+def sweep_jobs(overrides: List[str]) -> List[List[str]]:
+    """The override list of every job a ``-m`` sweep would launch (Hydra's own sweep expansion)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [list(job) for batch in batches for job in batch]
 
-    problems = []
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
-        key = override.get_key_element().split("@")[0].lstrip("+~")
-        if key not in TEXT_KEYS or override.value_type != ValueType.SIMPLE_CHOICE_SWEEP:
-            continue
-        items = override._value.list
-        if all(isinstance(item, QuotedString) for item in items):
-            continue  # every text quoted: the commas between them can only mean a sweep
-        texts = [item.text if isinstance(item, QuotedString) else str(item) for item in items]
-        whole = ", ".join(texts)
-        choices = ",".join(f'"{t}"' for t in texts)
-        problems.append(
-            f"{key}: a comma in a swept text value is ambiguous: '{override.input_line}' would run {len(texts)} "
-            f"jobs ({' | '.join(texts)}). For one {key} that contains a comma, quote it: '{key}=\"{whole}\"'. "
-            f"For a sweep of {key}s, quote each one: '{key}={choices}' (or {key}=choice({choices})).")
-    return problems
+
+def task_config(sweep_config: DictConfig) -> DictConfig:
+    """A job's config as its task function sees it: without the ``hydra`` node."""
+    config = sweep_config.copy()
+    with open_dict(config):
+        del config["hydra"]
+    return config
 
 
 class SdflowSweeper(BasicSweeper):
-    """Hydra's basic sweeper, validating every job (composed once, kept for the launcher) before any runs."""
+    """Hydra's basic sweeper, planning every job (composed once, the plan kept for its run) before any runs."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.task_function = task_function
 
     def sweep(self, arguments: List[str]) -> Any:
-        from sdflow.api import plan_workflow
         from sdflow.engine import InvalidWorkflow, ValidationError
-        from sdflow.fused import forget_plans, remember_plan
+        from sdflow.run import plan
 
-        problems = comma_problems(arguments)
-        if problems:
-            raise InvalidWorkflow("the sweep is ambiguous:\n" + "\n".join(f"  - {p}" for p in problems))
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         parsed = parser.parse_overrides(self._parse_config() + list(arguments))
         batches = self.split_arguments(parsed, None)
+        keep = getattr(self.task_function, "keep_plan", None)
         errors = []
         for job in (job for batch in batches for job in batch):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
-            task_config = _task_config(sweep_config)
             try:
-                remember_plan(job, sweep_config, plan_workflow(task_config))
+                planned = plan(None, task_config(sweep_config))
             except ValidationError as exc:
                 errors.append(f"sweep job [{' '.join(job)}]: {exc}")
+                continue
+            if keep is not None:
+                keep(job, sweep_config, planned)
         if errors:
             raise InvalidWorkflow("\n".join(errors))
-        try:
-            return self._launch_all(batches)
-        finally:
-            forget_plans()
+        return self._launch_all(batches)
 
     def _launch_all(self, batches) -> list:
         """Hydra's basic sweep loop, except that a failed job does not hide the others' results.
 
-        Every job runs; the failures are reported together by the sdflow command (exit status 1) after
-        the sweep's callbacks (the grid of the jobs that did write images) have run.
+        Every job runs; the failures go to the task function (the sdflow command reports them together, exit
+        status 1) after the sweep's callbacks (the grid of the jobs that did write images) have run.
         """
-        from hydra.core.utils import JobStatus
-
-        from sdflow.fused import job_failed
-
+        failed = getattr(self.task_function, "job_failed", None)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -108,62 +103,23 @@ class SdflowSweeper(BasicSweeper):
         for batch in batches:
             results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
             for offset, result in enumerate(results):
-                if result.status == JobStatus.FAILED:
-                    job_failed(initial_job_idx + offset, batch[offset], result._return_value)
+                if result.status == JobStatus.FAILED and failed is not None:
+                    failed(initial_job_idx + offset, batch[offset], result._return_value)
             initial_job_idx += len(batch)
             returns.append(results)
         return returns
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Every job was composed and validated before the sweep began."""
+        """Every job was composed and planned before the sweep began."""
 
 
-def _task_config(sweep_config: DictConfig) -> DictConfig:
-    """A job's config as its task function sees it: without the ``hydra`` node."""
-    task_config = sweep_config.copy()
-    with open_dict(task_config):
-        del task_config["hydra"]
-    return task_config
+class SweepLauncher(Launcher):
+    """A launcher that runs a sweep's jobs in order, as Hydra's basic launcher does, each task bound to a sweep
+    object that gives it its result (``make_sweep``: local fused batches, or batches on remote workers)."""
 
-
-def prepare_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
-    """(fused Jobs, (num, overrides, sweep config) per job): the sweeper's kept plans, or composed and validated here."""
-    from sdflow.api import plan_workflow
-    from sdflow.fused import Job, planned
-
-    jobs, configs = [], []
-    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-        remembered = planned(overrides)
-        if remembered is None:  # validated elsewhere (another sweeper): compose and validate here
-            sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-            plan = plan_workflow(_task_config(sweep_config))
-        else:
-            sweep_config, plan = remembered
-            sweep_config = sweep_config.copy()
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = idx
-            sweep_config.hydra.job.num = idx
-        configs.append((idx, overrides, sweep_config))
-        jobs.append(Job(idx, tuple(overrides), _task_config(sweep_config), plan))
-    return jobs, configs
-
-
-def run_in_order(launcher, configs) -> List[JobReturn]:
-    """Each job through Hydra's run_job, as the basic launcher does: its folder, .hydra files, log, JobReturn."""
-    runs: List[JobReturn] = []
-    for idx, overrides, sweep_config in configs:
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        runs.append(run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
-                            config=sweep_config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    return runs
-
-
-class FusedLauncher(Launcher):
-    """Runs a sweep's jobs in order in this process; jobs that can share batches do (sdflow.fused)."""
-
-    def __init__(self) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__()
+        self.options = options
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -171,16 +127,61 @@ class FusedLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
+    def make_sweep(self, jobs: list, max_batch: int):
+        raise NotImplementedError
+
+    def jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> tuple[list, list]:
+        """(sweep Jobs, (num, overrides, sweep config) per job): the plans the sweeper kept, or composed here."""
+        from sdflow.run import plan
+        from sdflow.run.sweep import Job
+
+        planned = getattr(self.task_function, "planned", lambda overrides: None)
+        jobs, configs = [], []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            kept = planned(overrides)
+            if kept is None:  # planned elsewhere (another sweeper): compose and plan here
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                job_plan = plan(None, task_config(sweep_config))
+            else:
+                sweep_config, job_plan = kept
+                sweep_config = sweep_config.copy()
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            configs.append((idx, overrides, sweep_config))
+            jobs.append(Job(idx, tuple(overrides), task_config(sweep_config), job_plan))
+        return jobs, configs
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from sdflow.fused import Sweep, activate, max_batch
+        from sdflow.run.sweep import max_batch
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        log.info(f"Launching {len(job_overrides)} jobs locally, fusing those that differ only in per-image values")
-        jobs, configs = prepare_jobs(self, job_overrides, initial_job_idx)
-        activate(Sweep(jobs, max_batch(jobs[0].config) if jobs else 1))
+        jobs, configs = self.jobs(job_overrides, initial_job_idx)
+        if not jobs:
+            return []
+        sweep = self.make_sweep(jobs, max_batch(jobs[0].config))
         try:
-            return run_in_order(self, configs)
+            runs: List[JobReturn] = []
+            for idx, overrides, sweep_config in configs:
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                task = functools.partial(self.task_function, sweep=sweep, num=idx)
+                runs.append(run_job(hydra_context=self.hydra_context, task_function=task, config=sweep_config,
+                                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            return runs
         finally:
-            activate(None)
+            close = getattr(sweep, "close", None)
+            if close is not None:
+                close()
+
+
+class FusedLauncher(SweepLauncher):
+    """Runs a sweep's jobs in order in this process; jobs that can share batches do (sdflow.run.sweep)."""
+
+    def make_sweep(self, jobs: list, max_batch: int):
+        from sdflow.run.sweep import Sweep
+
+        log.info(f"Launching {len(jobs)} jobs locally, fusing those that differ only in per-image values")
+        return Sweep(jobs, max_batch)

@@ -66,6 +66,10 @@ class ComponentCache:
         self._evict_over_budget(keep=key)
         return component
 
+    def key_of(self, component: Any) -> Hashable | None:
+        """The key ``component`` (this very object) is held under, or None: for values derived from a component."""
+        return next((key for key, (held, _) in self._entries.items() if held is component), None)
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 

@@ -38,13 +38,34 @@ class Input:
 
 
 @dataclass(frozen=True)
+class ValueType:
+    """A parameter type of a node vocabulary's own, checked by its own function (e.g. seeds).
+
+    ``check(value)`` returns why a value does not fit, or None. ``whole_list``: a list is one value of this
+    type (a list of seeds), never a list of per-image values; such a parameter sets how many images a run
+    makes rather than following that count.
+    """
+
+    name: str
+    description: str
+    check: Callable[[Any], str | None]
+    whole_list: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
 class Param:
     """A literal parameter with its type, default and allowed range or choices.
 
-    ``type`` is one of int, float, str, bool, list (its elements are the node's check's to judge), or ``"seeds"`` (an
-    int or a list of ints).
+    ``type`` is one of int, float, str, bool, list (its elements are the node's check's to judge), or a ValueType.
     ``per_image``: the value may also be a non-empty list, one element per image of the batch (a single
     value, or a list of one, applies to every image); the images' count comes from their seeds.
+    ``count_of``: this parameter is how many images the parameter it names makes when that one is a single
+    value (batch_size for one seed): outer code that concatenates per-image values asks for it here.
+    ``role``: what the parameter is to code outside the node (``model_source``, ``prompt``, ``input_file``...),
+    so that code asks the declaration instead of matching node types by name. The engine gives it no meaning.
     """
 
     type: Any
@@ -55,6 +76,13 @@ class Param:
     choices: tuple | None = None
     nullable: bool = False
     per_image: bool = False
+    count_of: str | None = None
+    role: str | None = None
+
+    @property
+    def whole_list(self) -> bool:
+        """Whether a list given here is one value (of a ValueType such as seeds, or of type list)."""
+        return self.type is list or (isinstance(self.type, ValueType) and self.type.whole_list)
 
     @property
     def required(self) -> bool:
@@ -79,6 +107,10 @@ class NodeSpec:
     params: dict[str, Param] = field(default_factory=dict)
     check: Callable[..., dict[str, Any]] | None = None
 
+    def params_with_role(self, role: str) -> list[str]:
+        """Names of the parameters declared with ``role``."""
+        return [name for name, param in self.params.items() if param.role == role]
+
 
 REGISTRY: dict[str, NodeSpec] = {}
 
@@ -101,6 +133,9 @@ def node(
         overlap = set(spec.inputs) & set(spec.params)
         if overlap:
             raise ValueError(f"node type '{name}': {sorted(overlap)} declared as both input and parameter")
+        counted = {p.count_of for p in spec.params.values() if p.count_of} - set(spec.params)
+        if counted:
+            raise ValueError(f"node type '{name}': count_of names {sorted(counted)}, which it does not declare")
         REGISTRY[name] = spec
         fn.spec = spec
         return fn

@@ -1,4 +1,9 @@
-"""Run a validated plan: each node once, in order, outputs passed by reference."""
+"""Run a validated plan: each node once, in order, outputs passed by reference.
+
+``execute(plan, ctx, given=..., only=...)`` can also run part of a plan with some outputs already known
+(a fused sweep runs a batch without its save nodes, then each job's save nodes on its share of the images):
+the nodes that run get exactly the engine's checks either way.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +11,56 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable, Protocol
 
 from tqdm.auto import tqdm
 
 from .cache import ComponentCache
 from .errors import NodeRunError, WorkflowError
+from .record import RunRecord
 from .validate import Plan
 
 log = logging.getLogger("sdflow.run")
 
 
+class Outputs(Protocol):
+    """Where a run's files go: the run layer's writer, which creates new files only and lists them.
+
+    ``render(name)`` gives the file's bytes once its final name is known (a taken name gets a number), so
+    a file may say its own name. ``listed=False``: a side file (a preview), not one of the run's results.
+    """
+
+    def write(self, name: str, render: Callable[[str], bytes], node: str, listed: bool = True) -> Path: ...
+
+
 @dataclass
 class RunContext:
-    """What a running node may use besides its fields: device, cache, output folder, run record.
+    """What a running node may use besides its fields: device, cache, where files go, the run record.
 
-    ``record`` collects what makes the run reproducible (model sources, seeds, versions); nodes add to
-    it and the save node writes it into each image. ``per_image`` maps ``"node.param"`` to the value of
-    every per-image parameter as given (one value, or a list with one per image): see per_image_values.
+    ``record`` collects what makes the run reproducible (model sources, seeds, versions); nodes note their
+    entries in it and the save node writes it into each image. ``execute`` fills in the rest while it runs:
+    the plan, the node running now, every output so far (``results``), and ``per_image``, the value of
+    every per-image parameter as given (``{"node.param": value}``: see per_image_values).
     """
 
     cache: ComponentCache
     device: str = "cpu"
     dtype: str = "float32"
-    output_dir: Path | None = None
+    outputs: Outputs | None = None  # None: a run whose files nobody keeps (a fused batch runs no save node)
     progress: bool = True
-    record: dict[str, Any] = field(default_factory=dict)
-    node_id: str = ""
-    used_outputs: set[str] = field(default_factory=set)
-    workflow_file: str = ""
-    per_image: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord = field(default_factory=RunRecord)
     compile: bool | str = False  # runtime.compile: loaders hand out compiled modules (compiled once per process)
     # called after each denoise step as on_step(node_id, step_index, total_steps, latents): progress and previews
     on_step: Callable[[str, int, int, Any], None] | None = None
+    plan: Plan | None = None
+    node_id: str = ""
+    used_outputs: set[str] = field(default_factory=set)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_image: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def workflow_file(self) -> str:
+        return self.plan.workflow.path if self.plan is not None else ""
 
     def needs(self, output: str) -> bool:
         """Whether another node reads this node's ``output`` (so it may skip making unused ones)."""
@@ -50,13 +72,12 @@ class RunContext:
 
 
 def per_image_values(plan: Plan) -> dict[str, Any]:
-    """``{"node.param": value}`` for every per-image parameter of ``plan`` but seeds (which travel with the images).
-
-    A value is as the plan gives it: one for every image, or a list with one per image.
+    """``{"node.param": value}`` for every per-image parameter of ``plan`` but whole-list ones (seeds, which travel
+    with the images). A value is as the plan gives it: one for every image, or a list with one per image.
     """
     return {f"{node_id}.{name}": plan.nodes[node_id].params[name]
             for node_id in plan.order for name, param in plan.nodes[node_id].spec.params.items()
-            if param.per_image and param.type != "seeds" and name in plan.nodes[node_id].params}
+            if param.per_image and not param.whole_list and name in plan.nodes[node_id].params}
 
 
 def value_for_image(value: Any, index: int) -> Any:
@@ -80,16 +101,36 @@ def _check_finite(plan: Plan, node_id: str, outputs: dict[str, Any], dtype: str)
                 f"produced NaN/Inf values in its output '{name}': check the weights and inputs it read{hint}"))
 
 
-def execute(plan: Plan, ctx: RunContext) -> dict[str, dict[str, Any]]:
-    """Run every node of ``plan``; returns each node's outputs keyed by node id."""
+def _to_run(plan: Plan, given: dict[str, dict[str, Any]], only: Collection[str] | None) -> list[str]:
+    """The nodes to run, in plan order; every input they read must be made by one of them or be given."""
+    order = [n for n in plan.order if n not in given and (only is None or n in only)]
+    unknown = sorted(set(only or ()) - set(plan.nodes)) + sorted(set(given) - set(plan.nodes))
+    if unknown:
+        raise ValueError(f"execute: no node(s) {unknown} in the plan of {plan.workflow.path}")
+    known = {node_id: set(outputs) for node_id, outputs in given.items()}
+    for node_id in order:
+        for name, ref in plan.nodes[node_id].inputs.items():
+            if ref.output not in known.get(ref.node, ()):
+                raise ValueError(f"execute: node '{node_id}' reads '{ref}', which is neither run nor given")
+        known[node_id] = set(plan.nodes[node_id].spec.outputs)
+    return order
+
+
+def execute(plan: Plan, ctx: RunContext, given: dict[str, dict[str, Any]] | None = None,
+            only: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the nodes of ``plan`` (those in ``only``, default all) but the ``given`` ones, whose outputs are known.
+
+    Returns every node's outputs keyed by node id, the given ones included.
+    """
+    given = dict(given or {})
+    order = _to_run(plan, given, only)
+    ctx.plan, ctx.results = plan, given
     ctx.per_image = per_image_values(plan)
-    results: dict[str, dict[str, Any]] = {}
-    timings: dict[str, float] = {}
-    for node_id in plan.order:
+    for node_id in order:
         planned = plan.nodes[node_id]
         kwargs = dict(planned.params)
         for name, ref in planned.inputs.items():
-            kwargs[name] = results[ref.node][ref.output]
+            kwargs[name] = given[ref.node][ref.output]
         for name in planned.spec.inputs:
             kwargs.setdefault(name, None)  # an optional input left unwired
         ctx.node_id = node_id
@@ -101,13 +142,12 @@ def execute(plan: Plan, ctx: RunContext) -> dict[str, dict[str, Any]]:
             raise
         except Exception as exc:
             raise NodeRunError(plan.workflow.path, node_id, planned.spec.name, exc) from exc
-        timings[node_id] = time.perf_counter() - start
+        ctx.record.timings_s[node_id] = round(time.perf_counter() - start, 4)
         missing = set(planned.spec.outputs) - set(outputs or {})
         if missing:
             raise NodeRunError(plan.workflow.path, node_id, planned.spec.name,
                                RuntimeError(f"node returned no value for outputs {sorted(missing)}"))
         _check_finite(plan, node_id, outputs, ctx.dtype)
-        results[node_id] = outputs
-        log.debug("node %s (%s) took %.3fs", node_id, planned.spec.name, timings[node_id])
-    ctx.record.setdefault("timings_s", {}).update({k: round(v, 4) for k, v in timings.items()})
-    return results
+        given[node_id] = outputs
+        log.debug("node %s (%s) took %.3fs", node_id, planned.spec.name, ctx.record.timings_s[node_id])
+    return given

@@ -15,7 +15,7 @@ from typing import Any
 
 import networkx as nx
 
-from .declare import REGISTRY, NodeSpec, Param
+from .declare import REGISTRY, NodeSpec, Param, ValueType
 from .errors import Problem, ValidationError
 from .workflow import Workflow
 
@@ -86,10 +86,10 @@ class CheckContext:
         return _config_hint(self.workflow, node or self.node_id, field_name)
 
     def per_image_lengths(self, params: dict[str, Any]) -> dict[str, int]:
-        """Lengths of this node's per-image parameters given as lists (seeds excluded: they set the count)."""
+        """Lengths of this node's per-image parameters given as lists (whole-list types such as seeds set the count)."""
         spec = self._nodes[self.node_id].spec
         return {name: len(value) for name, value in params.items()
-                if name in spec.params and spec.params[name].per_image and spec.params[name].type != "seeds"
+                if name in spec.params and spec.params[name].per_image and not spec.params[name].whole_list
                 and isinstance(value, list)}
 
     def check_per_image_count(self, params: dict[str, Any], count: int | None, why: str) -> None:
@@ -108,12 +108,13 @@ class CheckContext:
 
 
 def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-            "seeds": "an integer seed or a list of integer seeds"}.get(tp, str(tp))
+    if isinstance(tp, ValueType):
+        return tp.description
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}.get(tp, str(tp))
 
 
 def _param_type_name(param: Param) -> str:
-    if param.per_image and param.type != "seeds":
+    if param.per_image and not param.whole_list:
         return f"{_type_name(param.type)}, or a list of them (one per image)"
     return _type_name(param.type)
 
@@ -124,7 +125,8 @@ def _config_hint(workflow: Workflow, node_id: str, field_name: str) -> str:
     return f" (it comes from ${{{key}}}: set it on the command line, {key}=...)" if key else ""
 
 
-def _given(value) -> str:
+def given_text(value) -> str:
+    """A value as an error message names it: "the string '20'", "the boolean false", "int 3"."""
     if isinstance(value, str):
         return f"the string {value!r}"
     if isinstance(value, bool):
@@ -147,9 +149,9 @@ def check_param(param: Param, value) -> str | None:
     if value is None:
         return None if param.nullable else f"expected {_param_type_name(param)}, given nothing (null)"
     tp = param.type
-    if isinstance(value, list) and tp not in ("seeds", list):
+    if isinstance(value, list) and not param.whole_list:
         if not param.per_image:
-            return (f"expected {_type_name(tp)}, given {_given(value)} (one value for the whole batch: "
+            return (f"expected {_type_name(tp)}, given {given_text(value)} (one value for the whole batch: "
                     "this parameter does not take a list per image)")
         if not value:
             return f"expected {_param_type_name(param)}, given an empty list"
@@ -159,14 +161,8 @@ def check_param(param: Param, value) -> str | None:
             if reason:
                 return f"list element {index} ({element!r}): {reason}"
         return None
-    if tp == "seeds":
-        seeds = value if isinstance(value, list) else [value]
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            hint = " (remove the quotes)" if any(isinstance(s, str) and s.strip().lstrip("-").isdigit() for s in seeds) else ""
-            return f"expected {_type_name(tp)}, given {_given(value)}{hint}"
-        if any(s < 0 or s >= 2**63 for s in seeds):
-            return f"seeds must be between 0 and 2**63-1, given {value!r}"
-        return None
+    if isinstance(tp, ValueType):
+        return tp.check(value)
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -180,7 +176,7 @@ def check_param(param: Param, value) -> str | None:
             hint = " (remove the quotes)"
         if isinstance(value, bool) and tp is str:
             hint = " (YAML reads yes/no/on/off/true/false as booleans: quote the text)"
-        return f"expected {_type_name(tp)}, given {_given(value)}{hint}"
+        return f"expected {_type_name(tp)}, given {given_text(value)}{hint}"
     # NaN passes every range test: guidance=nan would turn CFG off without a word.
     if isinstance(value, float) and not math.isfinite(value):
         return f"expected a finite number, given {value!r}"
@@ -213,7 +209,7 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
 
     for entry in workflow.nodes.values():
         if not isinstance(entry.type, str):
-            report(entry.id, "type", f"expected a node type name, given {_given(entry.type)}")
+            report(entry.id, "type", f"expected a node type name, given {given_text(entry.type)}")
             continue
         spec = registry.get(entry.type)
         if spec is None:
@@ -226,7 +222,7 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
             if name in spec.inputs:
                 if not isinstance(value, str) or value.count(".") != 1 or not all(value.split(".")):
                     report(entry.id, name, "expected a reference to another node's output written 'node_id.output' "
-                           f"({spec.inputs[name].type}), given {_given(value)}")
+                           f"({spec.inputs[name].type}), given {given_text(value)}")
                     continue
                 inputs[name] = Ref(*value.split("."))
             elif name in spec.params:

@@ -22,7 +22,7 @@ log = logging.getLogger("sdflow.hashes")
 
 
 def _cache_path() -> Path:
-    from .tiny import builtin_root
+    from .builtin import builtin_root
 
     return builtin_root().parent / "hashes.json"
 
@@ -73,7 +73,8 @@ def file_sha256(path: str | Path) -> str:
 
 def model_location(spec: str) -> Path | None:
     """Where a model source's weights are: a file or folder as it is, else the resolved source (None: not there)."""
-    from .sources import SourceError, resolve_source
+    from .model_source import SourceError
+    from .sources import resolve_source
 
     path = Path(os.path.expanduser(spec))
     if path.exists():

@@ -17,7 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .sources import PICKLE_SUFFIXES, ModelSource, SourceError, safetensors_problem
+from .model_source import ModelSource, SourceError
+from .weight_files import PICKLE_SUFFIXES, safetensors_problem
 
 CONFIGS = Path(__file__).parent / "configs"
 CONFIG_VERSION = 1  # bump when a shipped config changes, so materialised copies are rebuilt
@@ -122,7 +123,7 @@ def config_folder(config: str | None, family: str) -> Path:
 
 def _materialised(name: str) -> Path:
     from .clip_vocab import END_TOKEN, START_TOKEN, bytes_to_unicode
-    from .tiny import build_once, builtin_root
+    from .builtin import build_once, builtin_root
 
     def build(scratch: Path) -> None:
         shutil.copytree(CONFIGS / name, scratch, dirs_exist_ok=True)

@@ -1,23 +1,19 @@
 """Build the tiny random Stable Diffusion family from configs with fixed seeds, in diffusers' folder format.
 
 Its images are noise, but every stage runs for real and loads through the same loaders as a real
-checkpoint. Parity tests use it; so does anyone with no trained model at hand (``model=tiny``).
+checkpoint. Parity tests use it; so does anyone with no trained model at hand (``model=tiny``). The parts
+here (tokenizer, UNet, VAE, text encoder, folder writer) are shared by the other families' builders
+(tiny_*.py); sdflow.models.builtin builds each family once per machine.
 Two folders: an SD1-shaped text2img/img2img model and an x4 upscaler shaped like
 stabilityai/stable-diffusion-x4-upscaler (its tiny config follows diffusers' own tests).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .clip_vocab import end_token_id, write_clip_tokenizer_files
-
-BUILD_VERSION = 1  # bump when a config below changes, so cached builds are rebuilt
 
 # Words of the examples in the README and tests, each one token; other text splits into characters.
 TINY_WORDS = """a an the of on at in with and photo painting portrait of lighthouse dusk cat dog castle red
@@ -59,12 +55,6 @@ UPSCALER_LOW_RES_SCHEDULER_CONFIG = {
     "trained_betas": None,
     "variance_type": "fixed_small",
 }
-
-
-def builtin_root() -> Path:
-    """Where built-in models are built once per machine (``SDFLOW_HOME`` overrides)."""
-    base = os.environ.get("SDFLOW_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "sdflow")
-    return Path(base) / "builtin"
 
 
 def make_tokenizer(folder: Path, words=TINY_WORDS):
@@ -188,49 +178,3 @@ def build_tiny_upscaler(folder: Path, seed: int = 10) -> Path:
     )
     return save_model_folder(pipe, folder, {"scheduler": UPSCALER_SCHEDULER_CONFIG,
                                             "low_res_scheduler": UPSCALER_LOW_RES_SCHEDULER_CONFIG})
-
-
-def _built_by(module: str, function: str):
-    """A builder from another module, imported only when a model is built (builders import torch)."""
-
-    def build(folder: Path) -> Path:
-        return getattr(importlib.import_module(f"{__package__}.{module}"), function)(folder)
-
-    return build
-
-
-BUILDERS = {"tiny": build_tiny_sd, "tiny-x4": build_tiny_upscaler}
-BUILDERS["tiny-sd2"] = _built_by("tiny_sd2", "build_tiny_sd2")
-BUILDERS["tiny-variation"] = _built_by("tiny_variation", "build_tiny_variation")
-BUILDERS.update({"tiny-sdxl": _built_by("tiny_sdxl", "build_tiny_sdxl"),
-                 "tiny-sdxl-refiner": _built_by("tiny_sdxl", "build_tiny_sdxl_refiner")})
-BUILDERS.update({"tiny-latent-upscale": _built_by("tiny_latent_upscale", "build_tiny_latent_upscaler"),
-                 "tiny-ldm3d": _built_by("tiny_ldm3d", "build_tiny_ldm3d")})
-BUILDERS.update({"tiny-inpaint": _built_by("tiny_inpaint", "build_tiny_inpaint"),
-                 "tiny-depth": _built_by("tiny_depth", "build_tiny_depth")})
-
-
-def builtin_model(name: str) -> Path:
-    """Path of built-in model ``name``, building it once (atomically: built aside, renamed into place)."""
-    if name not in BUILDERS:
-        raise KeyError(name)
-    return build_once(builtin_root() / f"{name}-v{BUILD_VERSION}", BUILDERS[name])
-
-
-def build_once(target: Path, build) -> Path:
-    """``target`` (a model folder), made by ``build(scratch)`` in a scratch folder beside it and renamed into
-    place, so no process ever sees half a folder; done once, whoever of several processes finishes first."""
-    if (target / "model_index.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(scratch)
-        try:
-            os.rename(scratch, target)
-        except OSError:  # another process built it first
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .tiny import make_text_encoder, make_tokenizer, make_unet, make_vae, save_model_folder
 from .tiny_inpaint import SD2_PNDM_SCHEDULER_CONFIG
 
 # sd2-depth's preprocessor_config.json, at 32 px instead of 384.
@@ -41,12 +42,10 @@ def make_depth_estimator(seed: int):
 
 def build_tiny_depth(folder: Path, seed: int = 30) -> Path:
     """A tiny SD depth2img model: 5-channel UNet, VAE, CLIP text encoder, tokenizer, DPT, PNDM config."""
-    # Imported here: tiny.py imports this module to register the builder.
     from diffusers import PNDMScheduler, StableDiffusionDepth2ImgPipeline
     from transformers import DPTImageProcessorPil
 
     from .clip_vocab import end_token_id
-    from .tiny import make_text_encoder, make_tokenizer, make_unet, make_vae, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .tiny import make_text_encoder, make_tokenizer, make_unet, make_vae, save_model_folder
+
 # As published SD2 inpainting/depth checkpoints write it (PNDM, epsilon prediction); hand-written because
 # from_config drops defaults.
 SD2_PNDM_SCHEDULER_CONFIG = {
@@ -28,11 +30,9 @@ SD2_PNDM_SCHEDULER_CONFIG = {
 
 def build_tiny_inpaint(folder: Path, seed: int = 20) -> Path:
     """A tiny SD inpainting model: 9-channel UNet, VAE, CLIP text encoder, tokenizer, PNDM config."""
-    # Imported here: tiny.py imports this module to register the builder.
     from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline
 
     from .clip_vocab import end_token_id
-    from .tiny import make_text_encoder, make_tokenizer, make_unet, make_vae, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .clip_vocab import end_token_id
+from .tiny import make_text_encoder, make_tokenizer, make_vae, save_model_folder
 
 TEXT_HIDDEN_SIZE = 32
 NOISE_LEVEL_EMBED_DIM = 128  # the pipeline's fixed [ones(64), zeros(64)] noise-level embedding
@@ -54,8 +55,6 @@ def build_tiny_latent_upscaler(folder: Path, seed: int = 20) -> Path:
     """A tiny x2 latent upscaler: K-UNet, CLIP text encoder (hidden + pooled), the tiny SD VAE, Euler (sample)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline
 
-    # Imported here: tiny.py imports this module to register it in BUILDERS.
-    from .tiny import make_text_encoder, make_tokenizer, make_vae, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"

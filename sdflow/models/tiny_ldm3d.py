@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .clip_vocab import end_token_id
+from .tiny import SD1_SCHEDULER_CONFIG, make_text_encoder, make_tokenizer, make_unet, save_model_folder
 
 RGBD_CHANNELS = 4  # LDM3D-4c: red, green, blue, depth
 
@@ -30,8 +31,6 @@ def build_tiny_ldm3d(folder: Path, seed: int = 30) -> Path:
     """A text-to-RGBD model: SD1-shaped UNet and CLIP text encoder, a 4-channel (RGB + depth) VAE, PNDM."""
     from diffusers import PNDMScheduler, StableDiffusionLDM3DPipeline
 
-    # Imported here: tiny.py imports this module to register it in BUILDERS.
-    from .tiny import SD1_SCHEDULER_CONFIG, make_text_encoder, make_tokenizer, make_unet, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .tiny import TINY_WORDS, make_vae, save_model_folder
+
 # stabilityai/stable-diffusion-2-1's scheduler/scheduler_config.json, key for key (from_config drops
 # defaults, so a swapped-in scheduler must see exactly what the published file holds).
 SD2_SCHEDULER_CONFIG = {
@@ -60,9 +62,7 @@ def build_tiny_sd2(folder: Path, seed: int = 20) -> Path:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    # Imported here, not at the top: tiny.py imports this module to register the builder.
     from .clip_vocab import end_token_id, write_clip_tokenizer_files
-    from .tiny import TINY_WORDS, make_vae, save_model_folder
 
     folder = Path(folder)
     tok_dir = folder / "tokenizer"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .tiny import TINY_WORDS, save_model_folder
+
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler/scheduler_config.json, key for key (from_config
 # drops defaults, so a swapped-in scheduler must see exactly what the published file holds).
 SDXL_SCHEDULER_CONFIG = {
@@ -70,7 +72,6 @@ def make_text_encoders(folder: Path, seed: int, first: bool = True):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from .clip_vocab import end_token_id, write_clip_tokenizer_files
-    from .tiny import TINY_WORDS
 
     parts = {}
     for name, cls, pad, offset in (("", CLIPTextModel, None, 0), ("_2", CLIPTextModelWithProjection, "!", 1)):
@@ -94,7 +95,6 @@ def make_text_encoders(folder: Path, seed: int, first: bool = True):
 
 
 def _save(pipe, folder: Path) -> Path:
-    from .tiny import save_model_folder  # imported here: tiny.py imports this module to register the builders
 
     return save_model_folder(pipe, folder, {"scheduler": SDXL_SCHEDULER_CONFIG})
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .tiny import SD1_SCHEDULER_CONFIG, make_unet, make_vae, save_model_folder
+
 # The published image processor config, at the tiny encoder's 32 px input instead of 224 px.
 FEATURE_EXTRACTOR_CONFIG = {
     "crop_size": 32, "size": 32, "do_center_crop": True, "do_normalize": True, "do_resize": True, "resample": 3,
@@ -41,8 +43,6 @@ def build_tiny_variation(folder: Path, seed: int = 30) -> Path:
     from diffusers import PNDMScheduler, StableDiffusionImageVariationPipeline
     from transformers import CLIPImageProcessor
 
-    # Imported here, not at the top: tiny.py imports this module to register the builder.
-    from .tiny import SD1_SCHEDULER_CONFIG, make_unet, make_vae, save_model_folder
 
     folder = Path(folder)
     pipe = StableDiffusionImageVariationPipeline(

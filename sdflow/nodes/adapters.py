@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ..engine import Input, Param, RunContext, node
 from ..models.single_file import is_pickle, tensor_shapes
-from ..models.sources import SourceError
+from ..models.model_source import SourceError
 from .types import TEXT_ENCODER, TOKENIZER, UNET
+from .records import AdapterFile, EmbeddingLoad, LoraLoad
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 PEFT_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.")
@@ -159,7 +160,8 @@ def merge_text_encoder_lora(encoder, state: dict, alphas: dict | None, metadata:
     inputs={"unet": Input(UNET), "text_encoder": Input(TEXT_ENCODER, optional=True),
             "text_encoder_2": Input(TEXT_ENCODER, "SDXL's second encoder", optional=True)},
     outputs={"unet": UNET, "text_encoder": TEXT_ENCODER, "text_encoder_2": TEXT_ENCODER},
-    params={"loras": Param(list, [], doc="[{path: FILE.safetensors, weight: 0.8}, ...]; empty: the modules as given")},
+    params={"loras": Param(list, [], doc="[{path: FILE.safetensors, weight: 0.8}, ...]; empty: the modules as given",
+                           role="input_file")},
     check=check_lora,
 )
 def lora(ctx: RunContext, unet, text_encoder, text_encoder_2, loras: list):
@@ -169,9 +171,9 @@ def lora(ctx: RunContext, unet, text_encoder, text_encoder_2, loras: list):
     if not entries:
         return {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     patched, encoders = apply_loras(unet, {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2}, entries)
-    ctx.record.setdefault("loras", {})[ctx.node_id] = [
-        {"name": Path(e["path"]).stem, "path": str(Path(e["path"]).expanduser().resolve()), "weight": e["weight"],
-         "sha256": file_sha256(Path(e["path"]).expanduser())} for e in entries]
+    ctx.record.note(ctx.node_id, LoraLoad([
+        AdapterFile(Path(e["path"]).stem, str(Path(e["path"]).expanduser().resolve()),
+                    file_sha256(Path(e["path"]).expanduser()), e["weight"]) for e in entries]))
     return {"unet": patched, "text_encoder": encoders.get("text_encoder"),
             "text_encoder_2": encoders.get("text_encoder_2")}
 
@@ -291,7 +293,7 @@ def apply_textual_inversions(pairs: dict, entries: list[dict]) -> dict:
     outputs={"text_encoder": TEXT_ENCODER, "tokenizer": TOKENIZER, "text_encoder_2": TEXT_ENCODER,
              "tokenizer_2": TOKENIZER},
     params={"files": Param(list, [], doc="[{path: FILE.safetensors, token: WORD}, ...] (token default: the file name); "
-                           "the prompt uses the word"),
+                           "the prompt uses the word", role="input_file"),
             "allow_pickle": Param(bool, False, doc="also load A1111 .pt embeddings (pickle: trust the source)")},
     check=check_textual_inversion,
 )
@@ -305,8 +307,8 @@ def textual_inversion(ctx: RunContext, text_encoder, tokenizer, text_encoder_2, 
         return {"text_encoder": text_encoder, "tokenizer": tokenizer, "text_encoder_2": text_encoder_2,
                 "tokenizer_2": tokenizer_2}
     pairs = apply_textual_inversions({k: v for k, v in given.items() if v[1] is not None}, entries)
-    ctx.record.setdefault("embeddings", {})[ctx.node_id] = [
-        {"name": e["token"], "path": str(Path(e["path"]).expanduser().resolve()),
-         "sha256": file_sha256(Path(e["path"]).expanduser())} for e in entries]
+    ctx.record.note(ctx.node_id, EmbeddingLoad([
+        AdapterFile(e["token"], str(Path(e["path"]).expanduser().resolve()), file_sha256(Path(e["path"]).expanduser()))
+        for e in entries]))
     first, second = pairs.get("text_encoder", (tokenizer, text_encoder)), pairs.get("text_encoder_2", (tokenizer_2, text_encoder_2))
     return {"tokenizer": first[0], "text_encoder": first[1], "tokenizer_2": second[0], "text_encoder_2": second[1]}

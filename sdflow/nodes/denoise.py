@@ -20,6 +20,7 @@ from ..engine import Input, Param, RunContext, node
 from .memory import free_memory, record_fallback, rows
 from .types import (CONDITION, EMBEDDINGS, GUIDANCE, LATENTS, SCHEDULER, UNET, Condition, ConditionFacts,
                     EmbeddingFacts, Embeddings, GuidanceFacts, GuidanceRule, LatentFacts, Latents)
+from .records import Denoising
 
 
 def rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale: float):
@@ -231,7 +232,7 @@ def sample_in_halves(ctx: RunContext, unet, scheduler, embeddings: Embeddings, l
         generator.set_state(state)
     free_memory()
     half = batch // 2
-    record_fallback(ctx, f"out of memory denoising {batch} images at once; ran them as {half} + {batch - half}")
+    record_fallback(ctx, "batch_split", f"out of memory denoising {batch} images at once; ran them as {half} + {batch - half}")
     parts = []
     for start, stop in ((0, half), (half, batch)):
         part_embeddings, part_latents, part_condition, part_guidance = images_of(embeddings, latents, condition,
@@ -341,7 +342,6 @@ def sample(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: La
         if ctx.on_step is not None:  # a caller's hook: progress, step previews
             ctx.on_step(ctx.node_id, i, len(timesteps), x)
 
-    ctx.record.setdefault("denoise", {})[ctx.node_id] = {
-        "scheduler": type(scheduler).__name__, "steps": steps, "steps_run": len(timesteps), "guidance": guidance,
-        "strength": strength, "denoising_start": denoising_start, "denoising_end": denoising_end}
+    ctx.record.note(ctx.node_id, Denoising(type(scheduler).__name__, steps, len(timesteps), guidance, strength,
+                                           denoising_start, denoising_end))
     return x

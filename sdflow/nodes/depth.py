@@ -65,7 +65,8 @@ def check_depth_condition(params, inputs_meta, ctx):
     outputs={"condition": CONDITION},
     params={
         "depth_map": Param(str, None, nullable=True,
-                           doc="depth image file used instead of estimating (white = near; 8-bit, 16-bit or float)"),
+                           doc="depth image file used instead of estimating (white = near; 8-bit, 16-bit or float)",
+                           role="input_file"),
     },
     check=check_depth_condition,
 )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 from ..engine import Input, Param, RunContext, node
 from ..prompt_syntax import common_length, embed_prompt
 from .types import EMBEDDINGS, TEXT_ENCODER, TOKENIZER, EmbeddingFacts, Embeddings, broadcast_lists
+from .records import PromptEncoding
 
 if TYPE_CHECKING:
     import torch
@@ -66,9 +67,9 @@ def check_encode_prompt(params, inputs_meta, ctx):
     outputs={"embeddings": EMBEDDINGS},
     params={
         "prompt": Param(str, doc="what to draw; (word:1.2) / (word) / [word] weights, BREAK and prompts over 77 "
-                        "tokens as AUTOMATIC1111 reads them", per_image=True),
+                        "tokens as AUTOMATIC1111 reads them", per_image=True, role="prompt"),
         "negative_prompt": Param(str, "", doc="what to steer away from; empty is the plain unconditional prompt",
-                                 per_image=True),
+                                 per_image=True, role="prompt"),
     },
     check=check_encode_prompt,
 )
@@ -81,9 +82,8 @@ def encode_prompt(ctx: RunContext, text_encoder, tokenizer, prompt: str | list[s
                                         lambda text: embed_prompt(text_encoder, tokenizer, text, ctx.device))
     # long prompts: 77 tokens per chunk; a prompt and its negative get the same number of chunks
     embedded = common_length(embedded, list(range(count)) * 2,
-                             lambda: embed_prompt(text_encoder, tokenizer, "", ctx.device), ctx.node_id, ctx.record)
+                             lambda: embed_prompt(text_encoder, tokenizer, "", ctx.device), ctx.node_id, ctx.record.warnings)
     positive, negative = torch.cat(embedded[:count]), torch.cat(embedded[count:])
-    ctx.record.setdefault("prompts", {})[ctx.node_id] = {"prompt": prompt, "negative_prompt": negative_prompt,
-                                                         "texts_encoded": encodes}
+    ctx.record.note(ctx.node_id, PromptEncoding(prompt, negative_prompt, encodes))
     return {"embeddings": Embeddings(positive.to(text_encoder.dtype), negative.to(text_encoder.dtype),
                                      texts["prompt"], texts["negative_prompt"])}

@@ -10,8 +10,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..engine import Input, Param, RunContext, node
 from .memory import free_memory, record_fallback
-from .types import (IMAGE, LATENTS, VAE, ImageFacts, Images, LatentFacts, Latents, all_finite, check_seed_batch,
+from .types import (SEEDS, IMAGE, LATENTS, VAE, ImageFacts, Images, LatentFacts, Latents, all_finite, check_seed_batch,
                     generators_for, seeds_list)
+from .records import Seeds
 from .vae_facts import check_image_fits_vae
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def check_load_image(params, inputs_meta, ctx):
     "Read an image file (PNG, JPEG, ...) as RGB, optionally resized.",
     outputs={"image": IMAGE},
     params={
-        "path": Param(str, doc="image file"),
+        "path": Param(str, doc="image file", role="input_file"),
         "width": Param(int, None, nullable=True, min=8, max=8192, doc="resize to this width (default: keep)"),
         "height": Param(int, None, nullable=True, min=8, max=8192, doc="resize to this height (default: keep)"),
     },
@@ -115,9 +116,9 @@ def check_encode_image(params, inputs_meta, ctx):
     inputs={"vae": Input(VAE), "image": Input(IMAGE)},
     outputs={"latents": LATENTS},
     params={
-        "seed": Param("seeds", doc="one seed per output image; its generator also draws the img2img noise",
+        "seed": Param(SEEDS, doc="one seed per output image; its generator also draws the img2img noise",
                       per_image=True),
-        "batch_size": Param(int, 1, min=1, max=256, doc="images when seed is a single int"),
+        "batch_size": Param(int, 1, min=1, max=256, count_of="seed", doc="images when seed is a single int"),
     },
     check=check_encode_image,
 )
@@ -140,7 +141,7 @@ def encode_image(ctx: RunContext, vae, image: Images, seed, batch_size: int):
             vae.encode(normalized[i : i + 1]).latent_dist.sample(generators[i]) for i in range(len(seeds))
         ])
     samples = samples * vae.config.scaling_factor
-    ctx.record.setdefault("seeds", {})[ctx.node_id] = seeds
+    ctx.record.note(ctx.node_id, Seeds(seeds))
     return {"latents": Latents(samples, seeds, generators, "image", vae.config.scaling_factor)}
 
 
@@ -180,7 +181,7 @@ def decode_in_float32(ctx: RunContext, vae, samples: torch.Tensor) -> torch.Tens
     as diffusers' upcast_vae does, with a copy (the cached VAE stays as loaded); recorded as a fallback."""
     import copy
 
-    record_fallback(ctx, f"the {str(vae.dtype).replace('torch.', '')} VAE decode gave NaN/Inf values; "
+    record_fallback(ctx, "float32_retry", f"the {str(vae.dtype).replace('torch.', '')} VAE decode gave NaN/Inf values; "
                     "decoded again in float32")
     upcast = copy.deepcopy(vae).float()
     decoded = decode_in_halves(ctx, upcast, samples.float() / vae.config.scaling_factor)
@@ -206,7 +207,7 @@ def decode_in_halves(ctx: RunContext, vae, z: torch.Tensor) -> torch.Tensor:
     if batch == 1:
         return decode_in_tiles(ctx, vae, z)
     half = batch // 2
-    record_fallback(ctx, f"out of memory decoding {batch} images at once; decoded them as {half} + {batch - half}")
+    record_fallback(ctx, "batch_split", f"out of memory decoding {batch} images at once; decoded them as {half} + {batch - half}")
     return torch.cat([decode_in_halves(ctx, vae, z[:half]), decode_in_halves(ctx, vae, z[half:])])
 
 
@@ -225,7 +226,7 @@ def decode_in_tiles(ctx: RunContext, vae, z: torch.Tensor) -> torch.Tensor:
             except torch.OutOfMemoryError:
                 decoded = None
             if decoded is not None:
-                record_fallback(ctx, f"out of memory decoding one {z.shape[-1] * factor}x{z.shape[-2] * factor} "
+                record_fallback(ctx, "tiled_decode", f"out of memory decoding one {z.shape[-1] * factor}x{z.shape[-2] * factor} "
                                 f"image; decoded it in tiles of {tile * factor} px (diffusers' tiled VAE decode)")
                 return decoded
             free_memory()

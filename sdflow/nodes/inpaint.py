@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..engine import Input, Param, RunContext, node
-from .types import (CONDITION, IMAGE, LATENTS, MASK, VAE, Condition, ConditionFacts, ImageFacts, Images, LatentFacts,
+from .types import (SEEDS, CONDITION, IMAGE, LATENTS, MASK, VAE, Condition, ConditionFacts, ImageFacts, Images, LatentFacts,
                     Latents, Mask, MaskBlend, check_seed_batch, generators_for, seeds_list)
+from .records import Seeds
 from .vae_facts import check_image_fits_vae
 
 if TYPE_CHECKING:
@@ -68,8 +69,8 @@ def sample_latents(vae, pixels: torch.Tensor, generators) -> torch.Tensor:
                       doc="concat: 9-channel inpainting UNet; blend: plain 4-channel UNet (legacy inpainting)"),
         "strength": Param(float, 1.0, min=0.0, max=1.0,
                           doc="1.0 starts from pure noise; below, from the noised image (give denoise the same)"),
-        "seed": Param("seeds", doc="one seed per output image", per_image=True),
-        "batch_size": Param(int, 1, min=1, max=256, doc="images when seed is a single int"),
+        "seed": Param(SEEDS, doc="one seed per output image", per_image=True),
+        "batch_size": Param(int, 1, min=1, max=256, count_of="seed", doc="images when seed is a single int"),
     },
     check=check_inpaint_condition,
 )
@@ -109,7 +110,7 @@ def inpaint_condition(ctx: RunContext, vae, image: Images, mask: Mask, mode: str
             randn_tensor((1, *shape[1:]), generator=generator, dtype=dtype)
         condition = Condition(blend=MaskBlend(latent_mask, image_latents, noise))
 
-    ctx.record.setdefault("seeds", {})[ctx.node_id] = seeds
+    ctx.record.note(ctx.node_id, Seeds(seeds))
     if strength == 1.0:
         latents = Latents(noise, seeds, generators, "noise", vae.config.scaling_factor)
     else:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from ..engine import Input, Param, RunContext, node
 from .denoise import per_batch
 from .encode_prompt import encode_distinct
-from .types import (LATENTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, LatentFacts, Latents, broadcast_lists,
+from .types import (SEEDS, LATENTS, SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, LatentFacts, Latents, broadcast_lists,
                     generators_for, seeds_list)
+from .records import LatentUpscale as LatentUpscaleRun
 
 if TYPE_CHECKING:
     import torch
@@ -86,11 +87,11 @@ def check_latent_upscale(params, inputs_meta, ctx):
     outputs={"latents": LATENTS},
     params={
         "prompt": Param(str, doc="what the image shows; guidance 0 replaces it with the empty prompt, as diffusers does",
-                        per_image=True),
-        "negative_prompt": Param(str, "", doc="the unconditional half of CFG", per_image=True),
+                        per_image=True, role="prompt"),
+        "negative_prompt": Param(str, "", doc="the unconditional half of CFG", per_image=True, role="prompt"),
         "steps": Param(int, 75, min=1, max=1000, doc="Euler steps"),
         "guidance": Param(float, 9.0, min=0.0, max=100.0, doc="classifier-free guidance scale; <= 1 turns CFG off"),
-        "seed": Param("seeds", None, nullable=True, per_image=True,
+        "seed": Param(SEEDS, None, nullable=True, per_image=True,
                       doc="the seed of each image's upscaler noise; null or the image's own seed continues that "
                           "image's generator (diffusers' documented chain passes one generator to both pipelines), "
                           "another seed starts a fresh one"),
@@ -157,10 +158,8 @@ def latent_upscale(ctx: RunContext, unet, scheduler, text_encoder, tokenizer, la
         # No generator: diffusers passes none here (Euler draws noise only when s_churn > 0).
         x = scheduler.step(denoised, t, x, return_dict=False)[0]
 
-    ctx.record.setdefault("latent_upscale", {})[ctx.node_id] = {"steps": steps, "guidance": guidance,
-                                                               "prompt": "" if guidance == 0 else prompt,
-                                                               "negative_prompt": negative_prompt,
-                                                               "seed": seeds_list(seed, batch) if seed is not None else None}
+    ctx.record.note(ctx.node_id, LatentUpscaleRun(steps, guidance, prompt, negative_prompt,
+                                                  seeds_list(seed, batch) if seed is not None else None))
     return {"latents": Latents(x, latents.seeds, generators, "denoised", latents.scaling_factor)}
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..engine import Input, Param, RunContext, node
-from .types import LATENTS, VAE, LatentFacts, Latents, check_seed_batch, generators_for, seeds_list
+from .types import SEEDS, LATENTS, VAE, LatentFacts, Latents, check_seed_batch, generators_for, seeds_list
+from .records import Seeds
 
 
 def check_init_latents(params, inputs_meta, ctx):
@@ -28,8 +29,8 @@ def check_init_latents(params, inputs_meta, ctx):
     params={
         "width": Param(int, 512, min=8, max=8192),
         "height": Param(int, 512, min=8, max=8192),
-        "seed": Param("seeds", doc="one seed, or a list of seeds (one image each)", per_image=True),
-        "batch_size": Param(int, 1, min=1, max=256, doc="images when seed is a single int: seed, seed+1, ..."),
+        "seed": Param(SEEDS, doc="one seed, or a list of seeds (one image each)", per_image=True),
+        "batch_size": Param(int, 1, min=1, max=256, count_of="seed", doc="images when seed is a single int: seed, seed+1, ..."),
     },
     check=check_init_latents,
 )
@@ -41,5 +42,5 @@ def init_latents(ctx: RunContext, vae, width: int, height: int, seed, batch_size
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     shape = (len(seeds), vae.config.latent_channels, height // factor, width // factor)
     samples = randn_tensor(shape, generator=generators, device=ctx.device, dtype=vae.dtype)
-    ctx.record.setdefault("seeds", {})[ctx.node_id] = seeds
+    ctx.record.note(ctx.node_id, Seeds(seeds))
     return {"latents": Latents(samples, seeds, generators, "noise", vae.config.scaling_factor)}

@@ -8,10 +8,13 @@ from dataclasses import fields
 from ..engine import ModelSourceError, Param, RunContext, node
 from ..models.single_file import component_problem as single_file_problem
 from ..models.single_file import load_component as load_single_file_component
-from ..models.sources import ModelSource, SourceError, hub_offline, hub_problem, resolve_source, weights_problem
+from ..models.model_source import ModelSource, SourceError, hub_offline, hub_problem
+from ..models.sources import resolve_source
+from ..models.weight_files import weights_problem
 from .types import (DEPTH_ESTIMATOR, IMAGE_ENCODER, IMAGE_PROCESSOR, SAFETY_CHECKER, SCHEDULER, TEXT_ENCODER,
                     TOKENIZER, UNET, VAE, ComponentFacts, ImageEncoderFacts, SafetyChecker, SchedulerFacts,
                     TextEncoderFacts, UNetFacts)
+from .records import ModelLoad
 from .vae_facts import vae_facts
 
 # model_index.json names classes; only these may be loaded, so a model folder cannot make sdflow
@@ -193,16 +196,30 @@ def check_load_model(params, inputs_meta, ctx):
     return facts
 
 
+def model_load(source: str, resolved: str) -> ModelLoad:
+    """The record entry of a model loaded from ``source``: with its weight files' hashes (hashed once per machine),
+    which ``reproduce`` checks, and A1111's short "Model hash"."""
+    from ..models.hashes import model_location, short_hash, weight_hashes
+
+    location = model_location(source)
+    if location is None:
+        return ModelLoad(source, resolved)
+    hashes = weight_hashes(location)
+    return ModelLoad(source, resolved, hashes, short_hash(location, hashes))
+
+
 @node(
     "load_model",
     "Load a Stable Diffusion model's components (built-in name, local diffusers folder or hub id), each once per process.",
     outputs={**PLAIN_OUTPUTS, "safety_checker": SAFETY_CHECKER},
     params={
         "source": Param(str, doc="builtin:NAME, a local diffusers folder, a single-file checkpoint "
-                        "(.safetensors in the original SD1/SD2/SDXL layout), or a hub id"),
-        "allow_pickle": Param(bool, False, doc="also load .bin/.ckpt pickle weights (they can run code: trust the source)"),
+                        "(.safetensors in the original SD1/SD2/SDXL layout), or a hub id", role="model_source"),
+        "allow_pickle": Param(bool, False, doc="also load .bin/.ckpt pickle weights (they can run code: trust the source)",
+                              role="trust"),
         "config": Param(str, "", doc="single-file checkpoints: the diffusers configs of its architecture, a shipped "
-                        "name (sd15, sd2, sd2_base, sdxl, sdxl_refiner) or a folder; empty: read from its tensors"),
+                        "name (sd15, sd2, sd2_base, sdxl, sdxl_refiner) or a folder; empty: read from its tensors",
+                        role="model_config"),
     },
     check=check_load_model,
 )
@@ -211,7 +228,7 @@ def load_model(ctx: RunContext, source: str, allow_pickle: bool, config: str = "
         resolved = resolve_source(source, config or None, allow_pickle)
     except SourceError as exc:
         raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source", str(exc)) from None
-    ctx.record.setdefault("models", {})[ctx.node_id] = {"source": source, "resolved": resolved.location}
+    ctx.record.note(ctx.node_id, model_load(source, resolved.location))
     outputs = {}
     try:
         for component in PLAIN_OUTPUTS:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..engine import Input, ModelSourceError, Param, RunContext, node
 from ..models.single_file import is_pickle, load_checkpoint, tensor_shapes
-from ..models.sources import SourceError
+from ..models.model_source import SourceError
+from .load_model import model_load
 from .types import VAE, VAEFacts
 from .vae_facts import vae_facts
 
@@ -92,7 +93,7 @@ def check_load_vae(params, inputs_meta, ctx):
     inputs={"vae": Input(VAE, "the model's own VAE: kept when source is empty, and the config a single file takes")},
     outputs={"vae": VAE},
     params={"source": Param(str, "", doc="a VAE folder (or model folder), hub id, or .safetensors file; empty: the "
-                            "model's own")},
+                            "model's own", role="model_source")},
     check=check_load_vae,
 )
 def load_vae(ctx: RunContext, vae, source: str):
@@ -131,5 +132,5 @@ def load_vae(ctx: RunContext, vae, source: str):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source", f"cannot load the VAE '{source}': {first}") from None
     # recorded like a model: its weight hashes go into the image's metadata, and reproduce checks them
-    ctx.record.setdefault("models", {})[ctx.node_id] = {"source": source, "resolved": where}
+    ctx.record.note(ctx.node_id, model_load(source, where))
     return {"vae": swapped}

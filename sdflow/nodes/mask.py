@@ -22,7 +22,7 @@ def check_load_mask(params, inputs_meta, ctx):
     "Read a mask image file as one grayscale channel in [0, 1] (white = repaint), optionally resized.",
     outputs={"mask": MASK},
     params={
-        "path": Param(str, doc="mask image file; any mode, read as grayscale"),
+        "path": Param(str, doc="mask image file; any mode, read as grayscale", role="input_file"),
         "width": Param(int, None, nullable=True, min=8, max=8192, doc="resize to this width (default: keep)"),
         "height": Param(int, None, nullable=True, min=8, max=8192, doc="resize to this height (default: keep)"),
     },

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ..engine import Input, Param, RunContext, node
 from .encode_prompt import embed_text
 from .types import GUIDANCE, TEXT_ENCODER, TOKENIZER, GuidanceFacts
+from .records import SafeGuidance
 
 if TYPE_CHECKING:
     import torch
@@ -96,8 +97,7 @@ def check_safe_guidance(params, inputs_meta, ctx):
 def safe_guidance(ctx: RunContext, text_encoder, tokenizer, concept: str, sld_guidance_scale: float,
                   sld_warmup_steps: int, sld_threshold: float, sld_momentum_scale: float, sld_mom_beta: float):
     embeddings = embed_text(text_encoder, tokenizer, concept, ctx.device).to(text_encoder.dtype)
-    ctx.record.setdefault("safe_guidance", {})[ctx.node_id] = {
-        "concept": concept, "sld_guidance_scale": sld_guidance_scale, "sld_warmup_steps": sld_warmup_steps,
-        "sld_threshold": sld_threshold, "sld_momentum_scale": sld_momentum_scale, "sld_mom_beta": sld_mom_beta}
+    ctx.record.note(ctx.node_id, SafeGuidance(concept, sld_guidance_scale, sld_warmup_steps, sld_threshold,
+                                              sld_momentum_scale, sld_mom_beta))
     return {"guidance_rule": SafeLatentGuidance(embeddings, sld_guidance_scale, sld_warmup_steps, sld_threshold,
                                                 sld_momentum_scale, sld_mom_beta)}

@@ -9,6 +9,7 @@ import numpy as np
 from ..engine import Input, Param, RunContext, node
 from .images import pixels_to_pil
 from .types import IMAGE, SAFETY_CHECKER, Images, SafetyChecker
+from .records import SafetyReport, SafetySkipped
 
 log = logging.getLogger("sdflow.safety")
 
@@ -28,10 +29,9 @@ def check_safety_check(params, inputs_meta, ctx):
 def safety_check(ctx: RunContext, image: Images, safety_checker: SafetyChecker | None, flagged: str):
     import torch
 
-    report = ctx.record.setdefault("safety", {})
     if safety_checker is None:
         log.info("%s: the model has no safety checker; safety check skipped", ctx.node_id)
-        report[ctx.node_id] = "skipped: the model has no safety checker"
+        ctx.record.note(ctx.node_id, SafetySkipped("the model has no safety checker"))
         return {"image": image}
     array = image.pixels.detach().float().cpu().permute(0, 2, 3, 1).numpy()
     clip_input = safety_checker.feature_extractor(pixels_to_pil(image.pixels), return_tensors="pt").pixel_values
@@ -47,5 +47,5 @@ def safety_check(ctx: RunContext, image: Images, safety_checker: SafetyChecker |
                         "; replaced by black" if flagged == "black" else "; kept as asked")
             if flagged == "black":
                 pixels[i] = 0
-    report[ctx.node_id] = {"flagged": flags, "action": flagged}
+    ctx.record.note(ctx.node_id, SafetyReport(flags, flagged))
     return {"image": Images(pixels, list(image.seeds), flags)}

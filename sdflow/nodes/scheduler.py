@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..engine import Input, Param, RunContext, node
 from .types import SCHEDULER
+from .records import SchedulerSwap
 
 # Short names users type on the command line (scheduler=euler); any diffusers *Scheduler class name works too.
 ALIASES = {
@@ -82,5 +83,5 @@ def scheduler(ctx: RunContext, scheduler, name: str, karras_sigmas: bool):
     cls = scheduler_class(name) or type(scheduler)
     overrides = {"use_karras_sigmas": True} if karras_sigmas else {}
     swapped = cls.from_config(scheduler.config, **overrides)
-    ctx.record.setdefault("schedulers", {})[ctx.node_id] = type(swapped).__name__
+    ctx.record.note(ctx.node_id, SchedulerSwap(type(swapped).__name__))
     return {"scheduler": swapped}

@@ -15,6 +15,7 @@ from ..prompt_syntax import common_length, embed_prompt_sdxl
 from .encode_prompt import encode_distinct, prompt_list_facts
 from .types import (CONDITION, EMBEDDINGS, IMAGE, TEXT_ENCODER, TOKENIZER, UNET, Condition, ConditionFacts,
                     EmbeddingFacts, Embeddings, Images, broadcast_lists, per_image_list)
+from .records import PromptEncoding
 
 NEEDS_SDXL = "an SDXL model: model=tiny_sdxl (built in), model=sdxl, or model.path=/path/to/an/sdxl/folder"
 
@@ -45,8 +46,8 @@ def check_encode_prompt_sdxl(params, inputs_meta, ctx):
     outputs={"embeddings": EMBEDDINGS},
     params={
         "prompt": Param(str, doc="what to draw; (word:1.2) / (word) / [word] weights, BREAK and prompts over 77 "
-                        "tokens as AUTOMATIC1111 reads them", per_image=True),
-        "negative_prompt": Param(str, "", doc="what to steer away from", per_image=True),
+                        "tokens as AUTOMATIC1111 reads them", per_image=True, role="prompt"),
+        "negative_prompt": Param(str, "", doc="what to steer away from", per_image=True, role="prompt"),
         "force_zeros_for_empty_prompt": Param(bool, True, doc="an empty negative prompt gives zero embeddings, as "
                                               "the model's model_index.json says (SDXL base: true, refiner: false)"),
     },
@@ -68,15 +69,14 @@ def encode_prompt_sdxl(ctx: RunContext, text_encoder, tokenizer, text_encoder_2,
                                        lambda text: embed_prompt_sdxl(encoders, tokenizers, text, ctx.device))
     # long prompts: 77 tokens per chunk; a prompt and its negative get the same number of chunks
     hidden = common_length([h for h, _ in encoded], list(range(count)) + [i for i, z in enumerate(zeroed) if not z],
-                           lambda: embed_prompt_sdxl(encoders, tokenizers, "", ctx.device)[0], ctx.node_id, ctx.record)
+                           lambda: embed_prompt_sdxl(encoders, tokenizers, "", ctx.device)[0], ctx.node_id, ctx.record.warnings)
     encoded = [(h, p) for h, (_, p) in zip(hidden, encoded)]
     positives, encoded_negatives = encoded[:count], iter(encoded[count:])
     negatives = [tuple(map(torch.zeros_like, positives[0])) if z else next(encoded_negatives) for z in zeroed]
     positive, pooled = torch.cat([h for h, _ in positives]), torch.cat([p for _, p in positives])
     negative, negative_pooled = torch.cat([h for h, _ in negatives]), torch.cat([p for _, p in negatives])
     dtype = text_encoder_2.dtype
-    ctx.record.setdefault("prompts", {})[ctx.node_id] = {"prompt": prompt, "negative_prompt": negative_prompt,
-                                                         "texts_encoded": encodes}
+    ctx.record.note(ctx.node_id, PromptEncoding(prompt, negative_prompt, encodes))
     return {"embeddings": Embeddings(positive.to(dtype), negative.to(dtype), texts["prompt"], texts["negative_prompt"],
                                      positive_pooled=pooled.to(dtype), negative_pooled=negative_pooled.to(dtype))}
 

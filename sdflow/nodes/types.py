@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from ..engine import PortType
+from ..engine import PortType, ValueType, given_text
 
 if TYPE_CHECKING:  # the values hold tensors, but validation (which only needs the port types) never imports torch
     import torch
@@ -275,6 +275,22 @@ def all_finite(*tensors: torch.Tensor | None) -> bool:
     import torch
 
     return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None and t.is_floating_point())
+
+
+def check_seeds(value) -> str | None:
+    """Why ``value`` is not a seed or a list of seeds (each an int in [0, 2**63)), or None."""
+    seeds = value if isinstance(value, list) else [value]
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        hint = " (remove the quotes)" if any(isinstance(s, str) and s.strip().lstrip("-").isdigit() for s in seeds) else ""
+        return f"expected {SEEDS.description}, given {given_text(value)}{hint}"
+    if any(s < 0 or s >= 2**63 for s in seeds):
+        return f"seeds must be between 0 and 2**63-1, given {value!r}"
+    return None
+
+
+# The seeds parameter type: one seed, or a list with one seed per image (the list is the value: it says how many
+# images a run makes). Outer code that needs "the seeds" (fused sweeps, the UI's form) asks for this type.
+SEEDS = ValueType("seeds", "an integer seed or a list of integer seeds", check_seeds, whole_list=True)
 
 
 def seeds_list(seed: int | list[int], batch_size: int = 1) -> list[int]:

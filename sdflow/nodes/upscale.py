@@ -8,8 +8,9 @@ class embedding. Both random draws come from each image's generator, image noise
 from __future__ import annotations
 
 from ..engine import Input, Param, RunContext, node
-from .types import (CONDITION, IMAGE, LATENTS, SCHEDULER, VAE, Condition, ConditionFacts, Images, LatentFacts, Latents,
+from .types import (SEEDS, CONDITION, IMAGE, LATENTS, SCHEDULER, VAE, Condition, ConditionFacts, Images, LatentFacts, Latents,
                     generators_for, seeds_list)
+from .records import Seeds
 
 
 def check_upscale_condition(params, inputs_meta, ctx):
@@ -34,7 +35,7 @@ def check_upscale_condition(params, inputs_meta, ctx):
     outputs={"condition": CONDITION, "latents": LATENTS},
     params={
         "noise_level": Param(int, 20, min=0, max=1000, doc="how much noise to add to the low-res image"),
-        "seed": Param("seeds", doc="one seed per image", per_image=True),
+        "seed": Param(SEEDS, doc="one seed per image", per_image=True),
     },
     check=check_upscale_condition,
 )
@@ -54,6 +55,6 @@ def upscale_condition(ctx: RunContext, image: Images, low_res_scheduler, vae, no
     noised = low_res_scheduler.add_noise(low_res, noise, levels[:1])
     shape = (len(seeds), vae.config.latent_channels, low_res.shape[2], low_res.shape[3])
     latents = randn_tensor(shape, generator=generators, device=ctx.device, dtype=vae.dtype)
-    ctx.record.setdefault("seeds", {})[ctx.node_id] = seeds
+    ctx.record.note(ctx.node_id, Seeds(seeds))
     return {"condition": Condition(concat=noised, class_labels=levels),
             "latents": Latents(latents, seeds, generators, "noise", vae.config.scaling_factor)}

@@ -159,7 +159,7 @@ def status_text(jobs: JobQueue, job: Job) -> str:
         return f"**failed**: {job.error}"
     files = ", ".join(p.name for p in job.images)
     folder = job.output_dir.relative_to(Path.cwd()) if job.output_dir.is_relative_to(Path.cwd()) else job.output_dir
-    warnings = "".join(f"\n\nwarning: {w}" for w in job.record.get("warnings", []))
+    warnings = "".join(f"\n\nwarning: {w}" for w in (job.record.warnings if job.record is not None else []))
     return (f"**done**: {len(job.images)} image{'s' if len(job.images) != 1 else ''} in `{folder}`: "
             f"{files}{warnings}")
 

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..engine import REGISTRY, Param, Workflow, parse_workflow
 from ..help import CONF, config_values, group_choices
-from .limits import FILE_PARAMS, NAME_PARAMS, SERVER_ONLY_KEYS, SOURCE_PARAMS
+from ..nodes.types import SEEDS
+from .limits import FILE_ROLE, NAME_ROLE, SERVER_ONLY_KEYS, SOURCE_ROLE
 
 _WHOLE = re.compile(r"^\$\{\s*([^}]+?)\s*\}$")
 _ANY = re.compile(r"\$\{\s*([^}]+?)\s*\}")
@@ -49,13 +50,13 @@ class Field:
         return asdict(self)
 
 
-def kind_of(node_type: str, name: str, param: Param) -> str | None:
+def kind_of(param: Param) -> str | None:
     """How a parameter is entered; None: not by a form (model sources, lists of files: the server's own)."""
-    if name in FILE_PARAMS.get(node_type, ()):
+    if param.role == FILE_ROLE:
         return "file" if param.type is str else None
-    if name in SOURCE_PARAMS.get(node_type, ()) or name in NAME_PARAMS.get(node_type, ()):
+    if param.role in (SOURCE_ROLE, NAME_ROLE):
         return None
-    if param.type == "seeds":
+    if param.type is SEEDS:
         return "seeds"
     if param.choices is not None:
         return "choice"
@@ -92,9 +93,9 @@ def form_fields(workflow: Workflow, config: DictConfig, chosen: dict[str, str] |
                 elif "." in key or key in SERVER_ONLY_KEYS:
                     continue
                 elif whole and param is not None:
-                    if kind_of(entry.type, name, param) is None:
+                    if kind_of(param) is None:
                         continue
-                    found = Field(key, kind_of(entry.type, name, param), config_value(config, key),
+                    found = Field(key, kind_of(param), config_value(config, key),
                                   comments.get(key) or param.doc, param.min, param.max, param.choices, param.nullable,
                                   param.per_image, (f"{entry.id}.{name}",))
                 else:  # part of a longer text, or a field the node does not declare (validation names it)

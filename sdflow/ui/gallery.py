@@ -1,8 +1,8 @@
-"""Past runs: the PNGs in the output folders, what each records about itself, and making one again.
+"""Past runs: the PNGs in the output folders and what each records about itself.
 
 Every PNG sdflow writes carries ``sdflow`` (JSON: seeds, prompts, models, versions) and ``sdflow_workflow``
 (the workflow as it ran, every ``${...}`` replaced by its value) text chunks; that YAML is a runnable
-workflow file, so ``reproduce`` only has to save it and run it.
+workflow, which the API's "run again" submits as a request (sdflow.reproduce makes an image again from Python).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-
-from ..api import RunResult, run_workflow
 
 
 @dataclass
@@ -64,12 +62,3 @@ def png_workflow(png: str | Path) -> str:
     if not workflow:
         raise ValueError(f"{png} carries no sdflow_workflow text chunk (not written by sdflow?)")
     return workflow
-
-
-def reproduce(png_path: str | Path, output_dir: str | Path) -> RunResult:
-    """Make a PNG's image(s) again into ``output_dir``: its ``sdflow_workflow`` saved as workflow.yaml and run."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    workflow_file = output_dir / "workflow.yaml"
-    workflow_file.write_text(png_workflow(png_path), encoding="utf-8")
-    return run_workflow(str(workflow_file.resolve()), [], output_dir=output_dir)

@@ -2,7 +2,7 @@
 
 A request names a workflow (or sends one's text) with overrides (``KEY=VALUE``, as on the command line)
 and typed values (JSON). It is refused, with every problem at once, before it is queued: by the server's
-limits (sdflow/ui/limits.py) and by the engine's own validation, exactly as the CLI validates.
+limits (sdflow/ui/limits.py) and by sdflow.run.plan, the checks every door runs (the runtime's among them).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..api import compose_config, run_plan
-from ..engine import Plan, Problem, ValidationError, WorkflowError, parse_workflow, resolve_interpolations, validate
+from ..engine import Plan, Problem, RunRecord, ValidationError, WorkflowError, parse_workflow
+from ..nodes.previews import StepPreview
+from ..run import claim_folder, compose_config, plan, run
+from ..run.outputs import StaticFile, write_new_file
 from .form import form_fields
 from .limits import (MAX_WORKFLOW_BYTES, REQUEST_GROUPS, Folders, check_files, check_overrides, check_values,
                      check_workflow_name)
-from .previews import StepPreview
 
 log = logging.getLogger("sdflow.ui")
 SUBMITTED = "submitted.yaml"  # the file name a sent workflow's problems and records carry
@@ -59,7 +60,7 @@ class Job:
     preview: Any = None  # the latest preview, a PIL image
     previews: int = 0
     images: list[Path] = field(default_factory=list)
-    record: dict = field(default_factory=dict)
+    record: RunRecord | None = None
     error: str | None = None
     version: int = 0
     created: float = field(default_factory=time.time)
@@ -72,7 +73,7 @@ class Job:
         return {"id": self.id, "status": self.status, "workflow": self.plan.workflow.path, "node": self.node,
                 "step": self.step, "total": self.total, "previews": self.previews, "error": self.error,
                 "images": [p.name for p in self.images], "output_dir": str(self.output_dir),
-                "warnings": self.record.get("warnings", [])}
+                "warnings": list(self.record.warnings) if self.record is not None else []}
 
 
 def prepare(request: RunRequest, folders: Folders, compose_lock: threading.Lock) -> tuple[DictConfig, Plan]:
@@ -129,11 +130,8 @@ def prepare(request: RunRequest, folders: Folders, compose_lock: threading.Lock)
         OmegaConf.update(config, key, value, merge=False)
     config.workflow = request.workflow or SUBMITTED
 
-    problems = resolve_interpolations(workflow, config)
-    problems += check_files(workflow, folders, only=interpolated if request.workflow is not None else None)
-    if problems:
-        raise ValidationError(problems)
-    return config, validate(workflow)
+    only = interpolated if request.workflow is not None else None
+    return config, plan(workflow, config, screen=lambda resolved: check_files(resolved, folders, only))
 
 
 class JobQueue:
@@ -152,9 +150,9 @@ class JobQueue:
 
     def submit(self, request: RunRequest) -> Job:
         """Check, validate and queue ``request``; raises ValidationError (nothing queued) with every problem."""
-        config, plan = prepare(request, self.folders, self._compose_lock)
+        config, planned = prepare(request, self.folders, self._compose_lock)
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._counter):04d}"
-        job = Job(job_id, request, config, plan, self.folders.outputs / "ui" / job_id)
+        job = Job(job_id, request, config, planned, self.folders.outputs / "ui" / job_id)
         with self._changed:
             self.jobs[job.id] = job
             for old in list(self.jobs)[: max(0, len(self.jobs) - self.keep)]:
@@ -198,11 +196,11 @@ class JobQueue:
             job = self._queue.get()
             self._update(job, status="running")
             try:
-                job.output_dir.mkdir(parents=True, exist_ok=True)
+                job.output_dir = claim_folder(job.output_dir)  # its own folder, even past a restart in the same second
                 if job.request.workflow_yaml is not None:  # the run folder keeps the workflow it ran
-                    (job.output_dir / SUBMITTED).write_text(job.request.workflow_yaml, encoding="utf-8")
-                result = run_plan(job.plan, job.config, job.output_dir, progress=False,
-                                  on_preview=lambda event, job=job: self._on_step(job, event))
+                    write_new_file(job.output_dir, SUBMITTED, StaticFile(job.request.workflow_yaml.encode("utf-8")))
+                result = run(job.plan, job.config, job.output_dir, progress=False,
+                             on_preview=lambda event, job=job: self._on_step(job, event))
                 self._update(job, status="done", images=list(result.saved), record=result.record)
             except WorkflowError as exc:
                 self._update(job, status="failed", error=str(exc))

@@ -23,19 +23,16 @@ from typing import Any
 
 import yaml
 
-from ..engine import Problem, Workflow, resolver_in
+from ..engine import REGISTRY, Problem, Workflow, resolver_in
 from ..help import CONF, config_values, group_choices
 
-# Node parameters that name files to read (an image, a mask, a depth map; lists of LoRA or embedding files, each
-# {path: ...}): every file a request names must be one of its uploads (which are images).
-FILE_PARAMS = {"load_image": ("path",), "load_mask": ("path",), "depth_condition": ("depth_map",),
-               "lora": ("loras",), "textual_inversion": ("files",)}
-# Node parameters that name a model to load: builtin:NAME or a model preset's source ("" where "" is the default).
-SOURCE_PARAMS = {"load_model": ("source",), "load_vae": ("source",)}
-# Node parameters that take a shipped name or a folder: only a name.
-NAME_PARAMS = {"load_model": ("config",)}
-# Node parameters that loosen a safety rule: a request leaves them off.
-TRUST_PARAMS = ("allow_pickle",)
+# What a request may give a node parameter follows the parameter's declared role (sdflow.engine.Param.role):
+FILE_ROLE = "input_file"  # names files to read (an image, a mask, a depth map; lists of LoRA or embedding files,
+#                           each {path: ...}): every file a request names must be one of its uploads (images)
+SOURCE_ROLE = "model_source"  # names a model to load: builtin:NAME or a model preset's source ("" where the default)
+NAME_ROLE = "model_config"  # takes a shipped name or a folder: only a name
+TRUST_ROLE = "trust"  # loosens a safety rule (allow_pickle): a request leaves it off
+GUARDED_ROLES = (FILE_ROLE, SOURCE_ROLE, NAME_ROLE, TRUST_ROLE)
 # Config values only the server's own config sets: a path, a trust switch, the workflow itself.
 SERVER_ONLY_KEYS = ("workflow", "allow_pickle", "refiner", "grid")
 REQUEST_GROUPS = ("model", "scheduler", "runtime")
@@ -192,34 +189,32 @@ def check_files(workflow: Workflow, folders: Folders, only: set[tuple[str, str]]
     """Files and models a workflow (after interpolation) would read: only uploads, builtin and preset models.
 
     ``only``: the (node, field) pairs to check (a server's own workflow: those that interpolate request
-    values); None checks every one (a workflow a request sent). Runs before validation, because validation
-    itself opens the files and model folders it is given.
+    values); None checks every one (a workflow a request sent). Runs before validation (plan's ``screen``),
+    because validation itself opens the files and model folders it is given.
     """
     from ..models.sources import builtin_names
-
-    from ..engine import REGISTRY
 
     problems = []
     sources = preset_sources() | {f"builtin:{name}" for name in builtin_names()}
     for entry in workflow.nodes.values():
         spec = REGISTRY.get(entry.type) if isinstance(entry.type, str) else None
-        for name in _fields(entry, FILE_PARAMS, only):
+        for name in _fields(entry, FILE_ROLE, only):
             for path in file_paths(entry.fields[name]):
                 if not (isinstance(path, str) and inside(Path(path).resolve(), folders.uploads)):
                     problems.append(workflow.problem(entry.id, name, f"{path!r} is not an uploaded file: upload images "
                                                      "first (POST /api/uploads) and give the name it returns"))
-        for name in _fields(entry, SOURCE_PARAMS, only):
+        for name in _fields(entry, SOURCE_ROLE, only):
             value = entry.fields[name]
             default = spec.params[name].default if spec and name in spec.params else None
             if value not in sources and not (value == "" and default == ""):
                 problems.append(workflow.problem(entry.id, name, f"model source {value!r} is not one the server "
                                                  "loads: builtin:NAME or a model preset's source (model=NAME)"))
-        for name in _fields(entry, NAME_PARAMS, only):
+        for name in _fields(entry, NAME_ROLE, only):
             if not isinstance(entry.fields[name], str) or not re.fullmatch(r"[A-Za-z0-9_]*", entry.fields[name]):
                 problems.append(workflow.problem(entry.id, name, f"{entry.fields[name]!r}: give a shipped name, "
                                                  "not a folder"))
-        for name in TRUST_PARAMS:
-            if name in entry.fields and entry.fields[name] is not False and (only is None or (entry.id, name) in only):
+        for name in _fields(entry, TRUST_ROLE, only):
+            if entry.fields[name] is not False:
                 problems.append(workflow.problem(entry.id, name, f"{name} stays false for a request to the server"))
     return problems
 
@@ -233,6 +228,8 @@ def file_paths(value: Any) -> list:
     return [value]
 
 
-def _fields(entry, table: dict[str, tuple], only: set | None) -> list[str]:
-    names = table.get(entry.type, ()) if isinstance(entry.type, str) else ()
+def _fields(entry, role: str, only: set | None) -> list[str]:
+    """The fields of a workflow node whose parameters are declared with ``role`` (in ``only``, if given)."""
+    spec = REGISTRY.get(entry.type) if isinstance(entry.type, str) else None
+    names = spec.params_with_role(role) if spec is not None else ()
     return [name for name in names if name in entry.fields and (only is None or (entry.id, name) in only)]

@@ -1,26 +1,26 @@
 """The driver's side of a sweep on remote workers: batches out, outcomes back, each job written once.
 
-The driver groups jobs exactly as the local launcher does (``fused.Sweep``); each batch (or job that
+The driver groups jobs exactly as the local launcher does (``sweep.Sweep``); each batch (or job that
 runs alone) is a *unit* a worker runs whole, with its own component cache, so a worker loads each model
 once for the sweep. Hydra then runs every job's task function in order on the driver, as locally: the
 task asks this sweep for the job's outcome (waiting for it while keeping the workers fed), writes the
-job's files atomically into the job's folder, replays the job's log lines into its log and returns its
-result or raises its error. A unit whose worker died runs again on the next free worker, at most
+job's files through the one writer (new files only, its manifest), replays the job's log lines into its log
+and returns its result or raises its error. A unit whose worker died runs again on the next free worker, at most
 ``retries`` more times; a job that fails by itself comes back as its error and is never retried.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
-from ..api import RunResult, saved_paths
-from ..engine import WorkflowError
-from ..fused import Job, Sweep
+from ...engine import RunRecord, WorkflowError
+from ..outputs import RunFolder
+from ..run import RunResult
+from ..sweep import Job, Sweep
 from .worker import JobOutcome
 
 log = logging.getLogger("sdflow.remote")
@@ -79,19 +79,8 @@ class Pool(Protocol):
     def close(self) -> None: ...
 
 
-def write_atomically(path: Path, data: bytes) -> bool:
-    """Write ``data`` at ``path`` through a temporary name; a file already holding it is left alone."""
-    if path.exists() and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    scratch.write_bytes(data)
-    os.replace(scratch, path)
-    return True
-
-
 class RemoteSweep:
-    """A sweep whose units run on a pool; ``fused.run_task`` asks it for each job's result, on the driver."""
+    """A sweep whose units run on a pool; each job's task asks it for the job's result, on the driver."""
 
     def __init__(self, jobs: list[Job], max_batch: int, pool: Pool, progress: bool = True):
         grouping = Sweep(jobs, max_batch)
@@ -130,21 +119,23 @@ class RemoteSweep:
         self.written.add(num)
         return self.outcomes.pop(num)
 
-    def run_job(self, num: int, output_dir: str | Path, cache=None) -> RunResult:
+    def run_job(self, num: int, output_dir: str | Path, cache=None, warn: Callable[[str], None] | None = None,
+                on_write: Callable[[Path], None] | None = None) -> RunResult:
         """Job ``num``'s result: its files written into ``output_dir``, its worker's log lines in its log."""
-        outcome, job, folder = self.outcome(num), self.jobs[num], Path(output_dir)
+        outcome, job = self.outcome(num), self.jobs[num]
         for record in outcome.logs:
             logging.getLogger(record["name"]).handle(logging.makeLogRecord(record))
         if outcome.worker:
             log.info("ran on %s; its component cache: %s", outcome.worker, outcome.cache)
-        for name, data in outcome.files.items():
-            write_atomically(folder / name, data)
-        saved = [folder / name for name in outcome.record.get("saved", [])]
-        saved_paths.extend(saved)
-        if outcome.error is not None:
-            raise outcome.error
-        return RunResult({}, {**outcome.record, "saved": [str(p) for p in saved], "ran_on": outcome.worker}, saved,
-                         job.plan)
+        record = outcome.record if outcome.record is not None else RunRecord(workflow_file=job.plan.workflow.path)
+        for warning in record.warnings if warn is not None else ():
+            warn(warning)
+        with RunFolder(output_dir, record, outcome.started, on_write) as folder:
+            for pending in outcome.files:
+                folder.write(pending.name, pending.render, pending.node, pending.listed)
+            if outcome.error is not None:
+                raise outcome.error
+        return RunResult({}, record, folder.saved, job.plan, worker=outcome.worker)
 
     def close(self) -> None:
         if self.bar is not None:

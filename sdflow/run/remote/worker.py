@@ -1,9 +1,10 @@
-"""What a remote worker process runs: whole batches of sweep jobs, returned as files, records and logs.
+"""What a remote worker process runs: whole batches of sweep jobs, returned as files to write, records and logs.
 
-A worker never writes into the sweep folder: each job's sinks write into a temporary folder of the
-worker, and what they wrote comes back as bytes for the driver to put in the job's own folder. So the
-sweep folder needs no shared filesystem, and a job is written once, by the driver, whatever the
-workers did (a worker killed half-way has written nothing anyone reads).
+A worker never writes into the sweep folder: each job's sinks write into a ``Collected`` writer, and what
+they would have written (each file's name and how to render it) comes back for the driver to write through
+the one writer every run uses (sdflow.run.outputs). So the sweep folder needs no shared filesystem, nothing
+there is ever replaced, and a job is written once, by the driver, whatever the workers did (a worker killed
+half-way has written nothing anyone reads).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import logging
 import os
 import pickle
 import socket
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..engine import CacheStats, WorkflowError, process_cache
-from ..fused import Job, Sweep
+from ...engine import CacheStats, RunRecord, WorkflowError, process_cache
+from ..manifest import now
+from ..outputs import Collected, PendingFile
+from ..sweep import Job, Sweep
 
 
 @dataclass
@@ -27,13 +28,14 @@ class JobOutcome:
     """One job's result as it crosses back to the driver: its files, its record and log lines, or its error."""
 
     num: int
-    files: dict[str, bytes] = field(default_factory=dict)  # path in the job's folder -> content, as its sinks wrote it
-    record: dict[str, Any] = field(default_factory=dict)
+    files: list[PendingFile] = field(default_factory=list)  # what its sinks wrote, for the driver to write
+    record: RunRecord | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)  # the job's log records (logging.makeLogRecord's input)
     worker: str = ""
     cache: CacheStats | None = None  # the worker's component cache after the job
     error: BaseException | None = None
     images: int = 0
+    started: str | None = None  # when the worker began the job
 
 
 class RemoteJobError(Exception):
@@ -106,29 +108,25 @@ def run_unit(jobs: list[Job], max_batch: int, worker: str) -> list[JobOutcome]:
 
     Job faults (a bad input) come back as each job's error, never raised: only a worker fault raises.
     """
-    from ..runtime_env import quiet_third_party
+    from ...runtime_env import quiet_third_party
 
     quiet_third_party()
     cache = process_cache()
     sweep = Sweep(jobs, max_batch)  # the driver's grouping: these jobs were one batch of at most max_batch images
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="sdflow-remote-") as scratch:
-        for job in jobs:
-            folder = Path(scratch, str(job.num))
+    for job in jobs:
+        files, started = Collected(), now()
 
-            def run(job=job, folder=folder):
-                try:
-                    return sweep.run_job(job.num, folder, cache), None
-                except Exception as exc:  # noqa: BLE001  (the job's own fault: reported as its failure)
-                    return None, exc
+        def run(job=job, files=files):
+            try:
+                return sweep.run_job(job.num, files, cache), None
+            except Exception as exc:  # noqa: BLE001  (the job's own fault: reported as its failure)
+                return None, exc
 
-            (result, error), logs = _captured(run)
-            files = {p.relative_to(folder).as_posix(): p.read_bytes()
-                     for p in sorted(folder.rglob("*")) if p.is_file()} if folder.exists() else {}
-            record = dict(result.record) if result is not None else {}
-            record["saved"] = [Path(p).relative_to(folder).as_posix() for p in record.get("saved", [])]
-            outcomes.append(JobOutcome(job.num, files, record, logs, worker, copy.copy(cache.stats),
-                                       portable(error) if error is not None else None, job.images))
+        (result, error), logs = _captured(run)
+        outcomes.append(JobOutcome(job.num, files.files, result.record if result is not None else None, logs, worker,
+                                   copy.copy(cache.stats), portable(error) if error is not None else None, job.images,
+                                   started))
     return outcomes
 
 

@@ -10,7 +10,7 @@ is rewritten atomically (a reader never sees half of it), under a lock on the fo
 has one, so two processes writing into one folder lose no entry.
 
     with run_manifest(folder, workflow="text2img.yaml", record=ctx.record):
-        ...                    # save_image calls add_image(folder / name, sha256, node)
+        ...                    # the run's writer (sdflow.run.outputs.RunFolder) calls add_image(folder, name, ...)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .engine.errors import WorkflowError
+from ..engine import SCHEMA_VERSION, RunRecord, WorkflowError
 
 try:
     import fcntl
@@ -89,26 +89,27 @@ def _update(folder: Path, change) -> None:
             _write(folder, manifest)
 
 
-def add_image(path: str | Path, sha256: str, node: str) -> None:
+def add_image(folder: str | Path, name: str, sha256: str, node: str) -> None:
     """List an image just written in its folder's manifest (nothing happens when no run of this process keeps one)."""
-    path = Path(path)
-    if (path.parent / MANIFEST).exists():
-        _update(path.parent, lambda run: run["images"].append({"file": path.name, "sha256": sha256, "node": node}))
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        _update(folder, lambda run: run["images"].append({"file": name, "sha256": sha256, "node": node}))
 
 
 @contextlib.contextmanager
-def run_manifest(folder: str | Path, workflow: str = "", record: dict[str, Any] | None = None,
+def run_manifest(folder: str | Path, workflow: str = "", record: RunRecord | None = None,
                  started: str | None = None) -> Iterator[None]:
     """Keep ``folder``'s manifest for the run inside the ``with``: running, then done / failed / interrupted.
 
-    ``record``: the run's record (RunContext.record), whose ``fallbacks`` are copied in at the end.
+    ``record``: the run's record (RunContext.record), whose ``fallbacks`` are copied in at the end, and whose
+    schema version the manifest carries.
     ``started``: when the run began, if before the ``with`` (a fused sweep job's batch); default: now.
     A failure names the node from the exception's ``node`` attribute (NodeRunError, ModelSourceError).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    run = {"status": "running", "workflow": workflow, "started": started or now(), "ended": None, "pid": os.getpid(),
-           "images": [], "fallbacks": [], "node": None, "error": None}
+    run = {"schema": SCHEMA_VERSION, "status": "running", "workflow": workflow, "started": started or now(),
+           "ended": None, "pid": os.getpid(), "images": [], "fallbacks": [], "node": None, "error": None}
     with _locked(folder):
         earlier = read_manifest(folder)
         if earlier is not None:
@@ -117,7 +118,8 @@ def run_manifest(folder: str | Path, workflow: str = "", record: dict[str, Any] 
 
     def end(status: str, error: BaseException | None = None):
         def change(entry):
-            entry.update(status=status, ended=now(), fallbacks=list((record or {}).get("fallbacks", [])))
+            fallbacks = [event.to_json() for event in (record.fallbacks if record else [])]
+            entry.update(status=status, ended=now(), fallbacks=fallbacks)
             if error is not None:
                 message = str(error) if isinstance(error, WorkflowError) else f"{type(error).__name__}: {error}"
                 entry.update(node=getattr(error, "node", None), error=message)

@@ -1,23 +1,23 @@
 """Step previews: what the latents of a denoise loop look like every N steps, cheaply or exactly.
 
-``run_plan`` installs ``step_callback`` as the run's ``RunContext.on_step`` when ``preview_every > 0``
-(CLI: the previews are written to ``previews/`` in the run folder) or when a caller (the web UI) asks for
-step events. The cheap preview is a linear map from latent channels to RGB, fitted once per VAE (and kept
-in the component cache) by least squares on a few images the VAE encodes; ``preview_exact=true`` decodes
-the latents with the VAE itself. Neither changes the run: the latents are only read.
+The run layer installs ``step_callback`` as a run's ``RunContext.on_step`` when ``preview_every > 0`` (the
+command writes the previews into ``previews/`` of the run folder) or when a caller (the web UI) asks for step
+events. The cheap preview is a linear map from latent channels to RGB, fitted once per VAE (and kept in the
+component cache) by least squares on a few images the VAE encodes; ``exact`` decodes the latents with the VAE
+itself. The VAE is the one the run already holds, found by its port type; neither kind changes the run.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
-from ..engine import Plan, RunContext
-from ..nodes.types import VAE
+from ..engine import RunContext
+from .types import VAE
 
 if TYPE_CHECKING:
     import torch
@@ -36,16 +36,26 @@ class StepPreview:
     image: Image.Image | None = None
 
 
-def step_callback(plan: Plan, ctx: RunContext, config: Any,
+@dataclass
+class PreviewFile:
+    """A preview image as the bytes of a PNG file (for the run's writer)."""
+
+    image: Image.Image
+
+    def __call__(self, file_name: str) -> bytes:
+        buffer = io.BytesIO()
+        self.image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def step_callback(ctx: RunContext, every: int, exact: bool,
                   on_preview: Callable[[StepPreview], None] | None = None) -> Callable:
     """The ``on_step(node_id, step_index, total_steps, latents)`` callback of a run.
 
-    Every ``preview_every`` steps (and at each loop's last step) it makes a preview image; ``on_preview``
-    gets a StepPreview after every step (image or not). Without ``on_preview``, previews are written to
-    ``ctx.output_dir/previews/NODE_stepNNN.png``.
+    Every ``every`` steps (and at each loop's last step) it makes a preview image; ``on_preview`` gets a
+    StepPreview after every step (image or not). Without ``on_preview``, previews go to the run's files as
+    ``previews/NODE_stepNNN.png`` (side files, not among its images).
     """
-    every = int(config.get("preview_every") or 0)
-    exact = bool(config.get("preview_exact"))
     vaes: dict[str, tuple] = {}  # denoise node -> (its VAE, the cache key of the VAE's fitted map), looked up once
 
     def on_step(node_id: str, index: int, total: int, latents: torch.Tensor) -> None:
@@ -53,14 +63,12 @@ def step_callback(plan: Plan, ctx: RunContext, config: Any,
         image = None
         if every > 0 and (step % every == 0 or step == total):
             if node_id not in vaes:
-                vaes[node_id] = preview_vae(plan, ctx, node_id)
+                vaes[node_id] = preview_vae(ctx, node_id)
             image = preview_image(ctx, latents, *vaes[node_id], exact)
         if on_preview is not None:
             on_preview(StepPreview(node_id, step, total, image))
-        elif image is not None and ctx.output_dir is not None:
-            folder = Path(ctx.output_dir) / "previews"
-            folder.mkdir(parents=True, exist_ok=True)
-            image.save(folder / f"{node_id}_step{step:03d}.png")
+        elif image is not None and ctx.outputs is not None:
+            ctx.outputs.write(f"previews/{node_id}_step{step:03d}.png", PreviewFile(image), node_id, listed=False)
 
     return on_step
 
@@ -76,34 +84,29 @@ def preview_image(ctx: RunContext, latents: torch.Tensor, vae, map_key, exact: b
             decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
             pixels = (decoded[:, :3].float() / 2 + 0.5).clamp(0, 1)
         else:
-            weights = ctx.cache.get(map_key, lambda: fit_latent_rgb(vae))
+            weights = ctx.cache.get(map_key, lambda: fit_latent_rgb(vae)) if map_key else fit_latent_rgb(vae)
             pixels = latents_to_rgb(latents, weights, vae_factor(vae))
     return tile(pixels)
 
 
-def preview_vae(plan: Plan, ctx: RunContext, node_id: str) -> tuple:
-    """(VAE, cache key of its fitted map) for the VAE that decodes (else made) ``node_id``'s latents; or (None, None).
+def preview_vae(ctx: RunContext, node_id: str) -> tuple:
+    """(VAE, cache key of its fitted map or None) for the VAE that decodes (else made) ``node_id``'s latents, or
+    (None, None).
 
-    The VAE comes from the component cache, where the model's load already put it.
+    The VAE is a value the run already holds: the output wired into a VAE input of a node after ``node_id`` (the
+    decode), else before it, that has been made by now.
     """
     import networkx as nx
 
-    from ..models.sources import SourceError, resolve_source
-    from ..nodes.load_model import load_component
-
+    plan = ctx.plan
     later = [n for n in plan.order if n in nx.descendants(plan.graph, node_id)]
     earlier = [n for n in reversed(plan.order) if n in nx.ancestors(plan.graph, node_id)]
     for other in later + earlier:
-        planned = plan.nodes[other]
-        for name, ref in planned.inputs.items():
-            source = plan.nodes[ref.node]
-            if planned.spec.inputs[name].type == VAE and source.spec.name == "load_model":
-                try:
-                    resolved = resolve_source(source.params["source"])
-                except SourceError:
-                    return None, None
-                vae = load_component(ctx, resolved, ref.output)
-                return vae, (resolved.location, f"{ref.output}:latent_rgb_map", ctx.dtype, ctx.device)
+        for name, ref in plan.nodes[other].inputs.items():
+            vae = ctx.results.get(ref.node, {}).get(ref.output)
+            if plan.nodes[other].spec.inputs[name].type == VAE and vae is not None:
+                held = ctx.cache.key_of(vae)  # a VAE from the cache: its fitted map is kept beside it
+                return vae, (held, "latent_rgb_map") if held is not None else None
     return None, None
 
 
@@ -154,7 +157,7 @@ def _stretch(x: torch.Tensor) -> torch.Tensor:
 
 def tile(pixels: torch.Tensor) -> Image.Image:
     """[N, 3, H, W] pixels in [0, 1] as one image: a grid with ceil(sqrt(N)) columns."""
-    from ..nodes.images import pixels_to_pil
+    from .images import pixels_to_pil
 
     images = pixels_to_pil(pixels.float().cpu())
     columns = math.ceil(math.sqrt(len(images)))

@@ -1,0 +1,5 @@
+"""``python -m sdflow.cli``: the ``sdflow`` command."""
+
+from .main import main
+
+main()

@@ -1,0 +1,97 @@
+"""plan(workflow, config): every check before anything loads, in one pass, whichever door asked.
+
+A workflow may be given by name (a built-in or one on SDFLOW_WORKFLOW_PATH), as a path, or already parsed
+(the web API's sent text, the workflow a PNG carries for ``reproduce``): no door writes a temporary file to
+get its workflow planned, and none skips a check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from omegaconf import DictConfig
+
+from .. import nodes as _register_nodes  # noqa: F401  (importing registers the node types)
+from ..engine import Plan, Problem, ValidationError, Workflow, load_workflow, resolve_interpolations, validate
+from ..nodes.runtime_facts import check_runtime
+from ..workflows import available_workflows, workflow_path
+
+
+def find_workflow(workflow: Workflow | str | Path | None, config: DictConfig) -> Workflow:
+    """The workflow to plan: as given, else read from a path or a name (default: the config's ``workflow``)."""
+    if isinstance(workflow, Workflow):
+        return workflow
+    name = str(workflow if workflow is not None else config.get("workflow"))
+    path = workflow_path(name)
+    if not path.exists():
+        known = ", ".join(available_workflows())
+        raise ValidationError([Problem(str(path), None, None, f"workflow '{name}' not found (built-in workflows: {known}; "
+                                       "or give a path to a .yaml file)")])
+    return load_workflow(path)
+
+
+def plan(workflow: Workflow | str | Path | None, config: DictConfig,
+         screen: Callable[[Workflow], list[Problem]] | None = None) -> Plan:
+    """Interpolate and validate ``workflow`` with ``config``; raises ValidationError with every problem at once.
+
+    Checked together: the config's runtime (a GPU that is not there), the interpolations, the workflow's fields,
+    wiring and static checks. ``screen(workflow)``: a door's own rules on the interpolated workflow (the web
+    server's: only uploaded files), asked before validation opens any file or model folder it names.
+    ``workflow`` is modified in place by the interpolation: give a freshly parsed one.
+    """
+    found = find_workflow(workflow, config)
+    problems = check_runtime(config.get("runtime") or {})
+    unresolved = resolve_interpolations(found, config)
+    if unresolved:  # the workflow's own checks need its values
+        raise ValidationError(problems + unresolved)
+    screened = screen(found) if screen is not None else []
+    if screened:
+        raise ValidationError(problems + screened)
+    try:
+        planned = validate(found)
+    except ValidationError as exc:
+        raise ValidationError(problems + exc.problems) from None
+    if problems:
+        raise ValidationError(problems)
+    return planned
+
+
+def resolved_workflow_yaml(planned: Plan) -> str:
+    """The workflow as it ran: interpolations replaced by their values, defaults filled in."""
+    nodes: dict[str, Any] = {}
+    for node_id in planned.order:
+        node = planned.nodes[node_id]
+        body = {"type": node.spec.name}
+        body.update({name: str(ref) for name, ref in node.inputs.items()})
+        body.update(node.params)
+        nodes[node_id] = body
+    return yaml.safe_dump({"description": planned.workflow.description, "nodes": nodes}, sort_keys=False)
+
+
+def params_with_role(planned: Plan, role: str) -> list[tuple[str, str, Any]]:
+    """(node id, parameter, value) of every parameter of the plan declared with ``role``."""
+    return [(node_id, name, planned.nodes[node_id].params.get(name)) for node_id in planned.order
+            for name in planned.nodes[node_id].spec.params_with_role(role)]
+
+
+def prompt_warnings(config: DictConfig, planned: Plan) -> list[str]:
+    """Words a model with a closed vocabulary (the shapes default) has never seen: it cannot draw them.
+
+    Read from the prompts the plan actually encodes, not the config's ``prompt`` (a workflow may set its own).
+    """
+    model = config.get("model") or {}
+    sources = {value for _, _, value in params_with_role(planned, "model_source")}
+    if model.get("vocabulary") != "shapes" or "builtin:shapes" not in sources:
+        return []
+    from ..world.vocabulary import unknown_words, world_words
+
+    texts = []
+    for _, _, value in params_with_role(planned, "prompt"):
+        texts += value if isinstance(value, list) else [value]
+    unknown = list(dict.fromkeys(w for text in texts if isinstance(text, str) for w in unknown_words(text)))
+    if not unknown:
+        return []
+    return [f"the '{model.get('path')}' model cannot draw {', '.join(repr(w) for w in unknown)}: it only knows "
+            f"{', '.join(world_words())} (use model=sd15 or model.path=... for open prompts)"]
