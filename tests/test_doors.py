@@ -32,6 +32,8 @@ from sdflow.ui.http import create_api
 from sdflow.ui.jobs import JobQueue
 from sdflow.ui.limits import Folders
 
+from web_client import wait
+
 SECRET = "hunter2-secret"
 SLURM = ["hydra/launcher=sdflow_slurm", "hydra.launcher.cluster=local", "hydra.launcher.gpus_per_node=0",
          "hydra.launcher.cpus_per_task=1"]
@@ -57,16 +59,6 @@ def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     jobs = JobQueue(Folders(root / "outputs", root / "uploads"))
     return TestClient(create_api(jobs), base_url="http://127.0.0.1"), jobs
-
-
-def wait(client, job_id: str, seconds: float = 120) -> dict:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        body = client.get(f"/api/jobs/{job_id}").json()
-        if body["status"] in ("done", "failed"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 @pytest.fixture(scope="module")

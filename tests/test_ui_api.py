@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ from sdflow.ui.http import create_api
 from sdflow.ui.jobs import JobQueue
 from sdflow.ui.limits import Folders, RequestRefused
 
+from web_client import wait
+
 PROMPT = "a large green square on the right, yellow background"
 
 
@@ -25,16 +26,6 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     jobs = JobQueue(Folders(root / "outputs", root / "uploads", (root / "more",)))
     return TestClient(create_api(jobs), base_url="http://127.0.0.1"), jobs
-
-
-def wait(client, job_id, seconds=120):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        body = client.get(f"/api/jobs/{job_id}").json()
-        if body["status"] in ("done", "failed"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish: {body}")
 
 
 def pixels(data_or_path):

@@ -102,25 +102,25 @@ class AdapterFile:
 
 
 @dataclass
-class LoraLoad(Entry):
+class AdapterLoad(Entry):
+    """Adapter files a node applied (see LoraLoad, EmbeddingLoad)."""
+
+    files: list[AdapterFile]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [f.to_json() for f in self.files]
+
+
+class LoraLoad(AdapterLoad):
     """LoRA files applied to a model's UNet and text encoders."""
 
     section = "loras"
-    files: list[AdapterFile]
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [f.to_json() for f in self.files]
 
 
-@dataclass
-class EmbeddingLoad(Entry):
+class EmbeddingLoad(AdapterLoad):
     """Textual-inversion embeddings added to a model's tokenizers and text encoders."""
 
     section = "embeddings"
-    files: list[AdapterFile]
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [f.to_json() for f in self.files]
 
 
 @dataclass
