@@ -105,3 +105,35 @@ def test_a_png_without_sdflow_metadata_is_refused(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(ReproduceError, match="has no sdflow metadata"):
         reproduce(tmp_path / "plain.png", output_dir=tmp_path)
+
+
+def with_sdflow_record(png, folder, change):
+    """A copy of ``png`` whose ``sdflow`` JSON chunk is ``change(record)`` (the other chunks and pixels kept)."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(png) as image:
+        chunks = dict(image.text)
+        info = PngInfo()
+        for key, value in chunks.items():
+            info.add_itxt(key, json.dumps(change(json.loads(value))) if key == "sdflow" else value)
+        copy = folder / png.name
+        image.save(copy, pnginfo=info)
+    return copy
+
+
+def test_reproduce_reads_the_pngs_of_schema_1_and_refuses_a_newer_schema(made, tmp_path):
+    def as_schema_1(record):  # as sdflow 0.1.0 wrote it: no schema key, fallbacks as plain texts
+        record.pop("schema")
+        record["fallbacks"] = ["decode: out of memory decoding 2 images at once; decoded them as 1 + 1"]
+        return record
+
+    old = with_sdflow_record(made[0], tmp_path, as_schema_1)
+    again = reproduce(old, output_dir=tmp_path / "again")
+    assert again.same_pixels and again.max_difference == 0
+    (tmp_path / "newer").mkdir()
+    newer = with_sdflow_record(made[0], tmp_path / "newer", lambda record: {**record, "schema": 3})
+    with pytest.raises(ReproduceError, match="newer sdflow .*schema 3"):
+        reproduce(newer, output_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
