@@ -176,7 +176,7 @@ def test_the_manifest_is_written_when_the_run_starts(tmp_path, monkeypatch):
     spec = REGISTRY["denoise"]
 
     def spy(ctx, **kwargs):
-        seen.append(read_manifest(ctx.outputs.folder))
+        seen.append(read_manifest(ctx.files.folder))
         return spec.fn(ctx, **kwargs)
 
     monkeypatch.setitem(REGISTRY, "denoise", dataclasses.replace(spec, fn=spy))

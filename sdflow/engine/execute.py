@@ -23,7 +23,7 @@ from .validate import Plan
 log = logging.getLogger("sdflow.run")
 
 
-class Outputs(Protocol):
+class Files(Protocol):
     """Where a run's files go: the run layer's writer, which creates new files only and lists them.
 
     ``render(name)`` gives the file's bytes once its final name is known (a taken name gets a number), so
@@ -46,7 +46,7 @@ class RunContext:
     cache: ComponentCache
     device: str = "cpu"
     dtype: str = "float32"
-    outputs: Outputs | None = None  # None: a run whose files nobody keeps (a fused batch runs no save node)
+    files: Files | None = None  # where its files go; None: nobody keeps them (a fused batch runs no save node)
     progress: bool = True
     record: RunRecord = field(default_factory=RunRecord)
     compile: bool | str = False  # runtime.compile: loaders hand out compiled modules (compiled once per process)

@@ -67,8 +67,8 @@ def step_callback(ctx: RunContext, every: int, exact: bool,
             image = preview_image(ctx, latents, *vaes[node_id], exact)
         if on_preview is not None:
             on_preview(StepPreview(node_id, step, total, image))
-        elif image is not None and ctx.outputs is not None:
-            ctx.outputs.write(f"previews/{node_id}_step{step:03d}.png", PreviewFile(image), node_id, listed=False)
+        elif image is not None and ctx.files is not None:
+            ctx.files.write(f"previews/{node_id}_step{step:03d}.png", PreviewFile(image), node_id, listed=False)
 
     return on_step
 

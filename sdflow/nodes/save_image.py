@@ -84,12 +84,12 @@ def check_save_image(params, inputs_meta, ctx):
 def save_image(ctx: RunContext, image: Images, prefix: str):
     if prefix_problem(prefix):
         raise ValueError(prefix_problem(prefix))
-    if ctx.outputs is None:
+    if ctx.files is None:
         raise RuntimeError("this run keeps no files (it was given no output folder)")
     # 1-channel images (depth maps) are written as 16-bit grayscale PNGs; RGB ones as 8-bit RGB.
     pils = gray16_to_pil(image.pixels) if image.pixels.shape[1] == 1 else pixels_to_pil(image.pixels)
     for index, pil in enumerate(pils):
         seed = image.seeds[index] if index < len(image.seeds) else None
         name = f"{prefix}_{index:03d}" + (f"_seed{seed}" if seed is not None else "") + ".png"
-        ctx.outputs.write(name, png_file(ctx, image, index, pil), ctx.node_id)
+        ctx.files.write(name, png_file(ctx, image, index, pil), ctx.node_id)
     return {}

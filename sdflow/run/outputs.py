@@ -6,7 +6,7 @@ Nothing is ever replaced: a rerun into the same folder keeps the earlier files, 
 gives each new run a folder of its own.
 
     with RunFolder(folder, ctx.record) as files:   # manifest.json: running, then done / failed / interrupted
-        ctx.outputs = files                          # save_image calls files.write(name, render, node)
+        ctx.files = files                          # save_image calls files.write(name, render, node)
         execute(plan, ctx)
 """
 

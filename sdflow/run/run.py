@@ -15,7 +15,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from .. import __version__
-from ..engine import ComponentCache, Outputs, Plan, RunContext, RunRecord, execute, process_cache
+from ..engine import ComponentCache, Files, Plan, RunContext, RunRecord, execute, process_cache
 from ..nodes.previews import StepPreview, step_callback
 from ..nodes.types import Images
 from ..runtime_env import configure_threads, plan_weight_bytes
@@ -88,7 +88,7 @@ def run_context(plan: Plan, config: DictConfig, cache: ComponentCache | None = N
     return ctx
 
 
-def run(plan: Plan, config: DictConfig, output: str | Path | Outputs, *, cache: ComponentCache | None = None,
+def run(plan: Plan, config: DictConfig, output: str | Path | Files, *, cache: ComponentCache | None = None,
         progress: bool = True, on_preview: Callable[[StepPreview], None] | None = None,
         warn: Callable[[str], None] | None = log.warning, on_write: Callable[[Path], None] | None = None) -> RunResult:
     """Execute a validated plan; its files go to ``output`` (a folder, with its manifest.json; or a writer).
@@ -101,7 +101,7 @@ def run(plan: Plan, config: DictConfig, output: str | Path | Outputs, *, cache: 
         if warn is not None:
             warn(warning)
     with files_of(output, ctx.record, on_write=on_write) as files:
-        ctx.outputs = files
+        ctx.files = files
         outputs = execute(plan, ctx)
     return RunResult(outputs, ctx.record, list(getattr(files, "saved", [])), plan)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..engine import ComponentCache, NodeRunError, Outputs, Plan, execute, process_cache
+from ..engine import ComponentCache, NodeRunError, Files, Plan, execute, process_cache
 from ..nodes.memory import is_out_of_memory
 from ..nodes.types import IMAGE, SEEDS, Images, seeds_list
 from .manifest import now
@@ -243,7 +243,7 @@ class Sweep:
         for job in jobs:
             self.batch_of[job.num] = batch
 
-    def run_job(self, num: int, output: str | Path | Outputs, cache: ComponentCache | None = None,
+    def run_job(self, num: int, output: str | Path | Files, cache: ComponentCache | None = None,
                 warn: Callable[[str], None] | None = None, on_write: Callable[[Path], None] | None = None) -> RunResult:
         """The result of job ``num``: its batch's images saved into ``output``, or, unfused, its own run."""
         cache = cache if cache is not None else process_cache()
@@ -264,7 +264,7 @@ class Sweep:
         for warning in ctx.record.warnings if warn is not None else ():
             warn(warning)
         with files_of(output, ctx.record, started=batch.started, on_write=on_write) as files:
-            ctx.outputs = files
+            ctx.files = files
             outputs = execute(job.plan, ctx, given=batch.given(job), only=sinks(job.plan))
         if job is batch.jobs[-1]:
             batch.images, batch.state = {}, "released"  # every job of the batch has its images: free them
