@@ -64,16 +64,20 @@ def image_grid(folder: Path, columns: int | None = None, cell: int = 256) -> Pat
         return [str(o).replace("\\", "") for o in (yaml.safe_load(overrides.read_text()) or [])]
 
     # Label each cell with what its job changed: the overrides that differ between jobs.
-    shared = set.intersection(*(set(job_overrides(p)) for p in images)) if len(images) > 1 else set()
+    overrides = {path: job_overrides(path) for path in images}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(images) > 1 else set()
 
     def job_label(path: Path) -> str:
         # Short overrides first (seed=3 before a long prompt), so the cut at the cell's width keeps them.
-        return " ".join(sorted((o for o in job_overrides(path) if o not in shared), key=len)) or path.stem
+        return " ".join(sorted((o for o in overrides[path] if o not in shared), key=len)) or path.stem
 
     def job_number(path: Path):
         return (int(path.parent.name) if path.parent.name.isdigit() else 0, str(path))
 
     images.sort(key=job_number)
+    with Image.open(images[0]) as first:
+        # Small images are not blown up past 128 px (room for a label); large ones are shrunk to ``cell``.
+        cell = min(cell, max(128, *first.size))
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     label_height = 14
@@ -86,7 +90,7 @@ def image_grid(folder: Path, columns: int | None = None, cell: int = 256) -> Pat
         draw.text((x + 2, y + 1), job_label(path)[:48], fill="black")
     target = folder / "grid.png"
     tmp = folder / ".grid.png.tmp"
-    grid.save(tmp, format="PNG")
+    grid.save(tmp, format="PNG", compress_level=1)  # a contact sheet: fast to write matters more than its size
     tmp.replace(target)
     return target
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -25,27 +26,35 @@ def plan_weight_bytes(plan) -> int | None:
     weight files, or one file). None when one of them is not on disk yet (a hub id still to download): size
     unknown, so not small.
     """
-    from .models.model_source import SourceError
-    from .models.sources import resolve_source
-
-    files = set()
+    sources = []
     for planned in plan.nodes.values():
         spec, params = planned.spec, planned.params
         config = next((params.get(name) for name in spec.params_with_role("model_config")), None)
         trusted = any(params.get(name) for name in spec.params_with_role("trust"))
-        for source in (params.get(name) for name in spec.params_with_role("model_source")):
-            if not source:  # e.g. a VAE swap left empty: the model's own
-                continue
-            local = Path(os.path.expanduser(source))
-            if not local.exists():  # a built-in name or a hub id: where it is (None: not downloaded yet)
-                try:
-                    local = resolve_source(source, config or None, trusted).folder
-                except SourceError:
-                    return None
-                if local is None:
-                    return None
-            found = [local] if local.is_file() else [p for p in local.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
-            files.update(p.resolve() for p in found)
+        sources += [(source, config or None, trusted) for source in
+                    (params.get(name) for name in spec.params_with_role("model_source")) if source]
+    return _weight_bytes(tuple(sorted(sources, key=str)))
+
+
+@functools.lru_cache(maxsize=64)
+def _weight_bytes(sources: tuple) -> int | None:
+    """Bytes of the weight files of ``sources`` ((source, config, trusted) each); asked once per process and set
+    of sources (a sweep's jobs share theirs), since it walks model folders."""
+    from .models.model_source import SourceError
+    from .models.sources import resolve_source
+
+    files = set()
+    for source, config, trusted in sources:
+        local = Path(os.path.expanduser(source))
+        if not local.exists():  # a built-in name or a hub id: where it is (None: not downloaded yet)
+            try:
+                local = resolve_source(source, config, trusted).folder
+            except SourceError:
+                return None
+            if local is None:
+                return None
+        found = [local] if local.is_file() else [p for p in local.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
+        files.update(p.resolve() for p in found)
     return sum(p.stat().st_size for p in files)
 
 

@@ -70,6 +70,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                     f"{', '.join(_tmp_leftovers)} (tests must write under tmp_path)", red=True)
 
 
+@pytest.fixture(autouse=True)
+def fresh_output_cache():
+    """Each test starts with an empty output cache: a node reused from another test would not run its own code."""
+    from sdflow.engine import process_output_cache
+
+    process_output_cache().clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_sd():
     from sdflow.models.builtin import builtin_model

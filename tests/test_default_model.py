@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdflow.api import compose_config, plan_workflow
-from sdflow.run.plan import prompt_warnings
+from sdflow.run.planning import prompt_warnings
 
 
 def warnings_for(overrides):

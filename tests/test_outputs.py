@@ -27,6 +27,7 @@ from sdflow.run.outputs import write_new_file
 from sdflow.workflows import WORKFLOWS_DIR
 
 TINY = ["model=tiny", "steps=2"]
+NO_REUSE = "runtime.output_cache=false"  # the same run again must run its nodes (here: to run out of memory)
 
 
 def metadata(path) -> dict:
@@ -206,7 +207,7 @@ def test_an_out_of_memory_denoise_batch_is_split_with_the_same_pixels(tmp_path, 
     import diffusers
 
     # Euler ancestral draws noise from each image's generator at every step: a retry must wind them back.
-    args = TINY + ["steps=3", "seed=[1,2,3]", "scheduler=euler_a"]
+    args = TINY + ["steps=3", "seed=[1,2,3]", "scheduler=euler_a", NO_REUSE]
     whole = run_workflow("text2img", args, output_dir=tmp_path / "whole")
     calls = Counter()
 
@@ -232,7 +233,7 @@ def test_an_out_of_memory_img2img_batch_is_split_with_the_same_pixels(tmp_path, 
 
     image = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
-    args = TINY + ["steps=4", "seed=[5,6]", f"image={image}", "strength=0.75"]
+    args = TINY + ["steps=4", "seed=[5,6]", f"image={image}", "strength=0.75", NO_REUSE]
     whole = run_workflow("img2img", args, output_dir=tmp_path / "whole")
     oom_when(monkeypatch, diffusers.UNet2DConditionModel, lambda sample: sample.shape[0] > 2)
     split = run_workflow("img2img", args, output_dir=tmp_path / "split")
@@ -243,7 +244,7 @@ def test_an_out_of_memory_img2img_batch_is_split_with_the_same_pixels(tmp_path, 
 def test_an_out_of_memory_decode_decodes_fewer_images_then_in_tiles(tiny_sd, tmp_path, monkeypatch):
     import diffusers
 
-    args = TINY + ["seed=[1,2]"]
+    args = TINY + [NO_REUSE, "seed=[1,2]"]
     whole = run_workflow("text2img", args, output_dir=tmp_path / "whole")
     oom_when(monkeypatch, diffusers.AutoencoderKL, lambda z: z.shape[0] > 1)
     halves = run_workflow("text2img", args, output_dir=tmp_path / "halves")

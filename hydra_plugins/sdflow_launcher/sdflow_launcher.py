@@ -7,9 +7,8 @@ per-image values share batches (sdflow.run.sweep).
 
 State travels as Hydra's own launchers pass it, by argument: Hydra hands both plugins the task function,
 which is sdflow's command (sdflow.cli.command.Command): the sweeper keeps each job's plan there and reports
-failed jobs to it; the launcher takes the plans from it and calls it for each job bound to its sweep. This is
-also the one module that uses Hydra's private modules (its basic sweeper); tests/test_hydra_contract.py pins
-what it relies on.
+failed jobs to it; the launcher takes the plans from it and calls it for each job bound to its sweep. What they
+take from Hydra's internals (its basic sweeper, composition, job running) is in hydra_jobs.py.
 """
 
 import functools
@@ -18,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .hydra_jobs import BasicSweeper, SweepConfigs, run_hydra_job
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,6 @@ ConfigStore.instance().store(group="hydra/sweeper", name="sdflow", node=SdflowSw
 ConfigStore.instance().store(group="hydra/launcher", name="sdflow", node=SdflowLauncherConf, provider="sdflow")
 
 
-def sweep_jobs(overrides: List[str]) -> List[List[str]]:
-    """The override list of every job a ``-m`` sweep would launch (Hydra's own sweep expansion)."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return [list(job) for batch in batches for job in batch]
-
-
-def task_config(sweep_config: DictConfig) -> DictConfig:
-    """A job's config as its task function sees it: without the ``hydra`` node."""
-    config = sweep_config.copy()
-    with open_dict(config):
-        del config["hydra"]
-    return config
-
-
 class SdflowSweeper(BasicSweeper):
     """Hydra's basic sweeper, planning every job (composed once, the plan kept for its run) before any runs."""
 
@@ -75,16 +60,17 @@ class SdflowSweeper(BasicSweeper):
         parsed = parser.parse_overrides(self._parse_config() + list(arguments))
         batches = self.split_arguments(parsed, None)
         keep = getattr(self.task_function, "keep_plan", None)
+        configs = SweepConfigs(self.hydra_context, self.config)
         errors = []
         for job in (job for batch in batches for job in batch):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+            sweep_config, config = configs(job)
             try:
-                planned = plan(None, task_config(sweep_config))
+                planned = plan(None, config)
             except ValidationError as exc:
                 errors.append(f"sweep job [{' '.join(job)}]: {exc}")
                 continue
             if keep is not None:
-                keep(job, sweep_config, planned)
+                keep(job, planned, config, sweep_config)
         if errors:
             raise InvalidWorkflow("\n".join(errors))
         return self._launch_all(batches)
@@ -136,20 +122,20 @@ class SweepLauncher(Launcher):
         from sdflow.run.sweep import Job
 
         planned = getattr(self.task_function, "planned", lambda overrides: None)
+        compose = SweepConfigs(self.hydra_context, self.config)
         jobs, configs = [], []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             kept = planned(overrides)
-            if kept is None:  # planned elsewhere (another sweeper): compose and plan here
-                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                job_plan = plan(None, task_config(sweep_config))
+            if kept is None or kept.sweep_config is None:  # planned elsewhere (another sweeper): plan here
+                sweep_config, config = compose(overrides)
+                job_plan = plan(None, config)
             else:
-                sweep_config, job_plan = kept
-                sweep_config = sweep_config.copy()
+                sweep_config, config, job_plan = kept.sweep_config, kept.config, kept.plan
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
             configs.append((idx, overrides, sweep_config))
-            jobs.append(Job(idx, tuple(overrides), task_config(sweep_config), job_plan))
+            jobs.append(Job(idx, tuple(overrides), config, job_plan))
         return jobs, configs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -164,11 +150,10 @@ class SweepLauncher(Launcher):
         sweep = self.make_sweep(jobs, max_batch(jobs[0].config))
         try:
             runs: List[JobReturn] = []
-            for idx, overrides, sweep_config in configs:
+            for job, (idx, overrides, sweep_config) in zip(jobs, configs):
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
                 task = functools.partial(self.task_function, sweep=sweep, num=idx)
-                runs.append(run_job(hydra_context=self.hydra_context, task_function=task, config=sweep_config,
-                                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+                runs.append(run_hydra_job(self.hydra_context, task, sweep_config, job.config))
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             return runs
         finally:

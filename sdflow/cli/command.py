@@ -10,6 +10,7 @@ report), warnings said once, and the run folders claimed all live here.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -21,11 +22,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("sdflow")
 
 
+@dataclass
+class KeptPlan:
+    """A job's validated plan with the config it was made from (and, in a sweep, Hydra's config of the job)."""
+
+    plan: Plan
+    config: DictConfig
+    sweep_config: DictConfig | None = None
+
+
 class Command:
     """The state of one ``sdflow`` command; calling it runs one job (Hydra's task function)."""
 
     def __init__(self) -> None:
-        self.plans: dict[tuple[str, ...], tuple[DictConfig, Plan]] = {}  # by the job's overrides
+        self.plans: dict[tuple[str, ...], KeptPlan] = {}  # by the job's overrides
         self.failures: list[str] = []  # "job N [overrides]: error" of every failed sweep job
         self.saved: list[Path] = []  # every image written, for the Ctrl-C report
         self.error: BaseException | None = None  # a single run's failure, raised again by main
@@ -33,11 +43,12 @@ class Command:
         self._warned: set[str] = set()
         self._claimed: dict[str, str] = {}
 
-    def keep_plan(self, overrides: Sequence[str], config: DictConfig, plan: Plan) -> None:
-        """Keep a job's validated plan (and the config it was made from), so it is composed and planned once."""
-        self.plans[tuple(overrides)] = (config, plan)
+    def keep_plan(self, overrides: Sequence[str], plan: Plan, config: DictConfig,
+                  sweep_config: DictConfig | None = None) -> None:
+        """Keep a job's validated plan (and the configs it was made from), so it is composed and planned once."""
+        self.plans[tuple(overrides)] = KeptPlan(plan, config, sweep_config)
 
-    def planned(self, overrides: Sequence[str]) -> tuple[DictConfig, Plan] | None:
+    def planned(self, overrides: Sequence[str]) -> KeptPlan | None:
         return self.plans.get(tuple(overrides))
 
     def job_failed(self, num: int, overrides: Sequence[str], error: BaseException) -> None:
@@ -76,7 +87,7 @@ class Command:
                 result = sweep.run_job(num, output_dir, warn=self.warn, on_write=self.saved.append)
             else:
                 kept = self.planned(list(hydra_config.overrides.task))
-                job_plan = kept[1] if kept is not None else plan(None, config)
+                job_plan = kept.plan if kept is not None else plan(None, config)
                 result = run(job_plan, config, output_dir, warn=self.warn, on_write=self.saved.append)
         except WorkflowError as exc:
             if str(hydra_config.mode) == "RunMode.MULTIRUN":

@@ -74,7 +74,7 @@ def plan_command_line(argv: list[str], command: Command) -> None:
     overrides, config_dirs = split_command_line(argv)
     multirun = is_multirun(argv)
     if multirun:
-        from hydra_plugins.sdflow_launcher.sdflow_launcher import sweep_jobs
+        from hydra_plugins.sdflow_launcher.hydra_jobs import sweep_jobs
 
         jobs = sweep_jobs(overrides)
     else:
@@ -82,7 +82,7 @@ def plan_command_line(argv: list[str], command: Command) -> None:
     for job in jobs:
         config = compose_config(job, config_dirs=config_dirs)
         try:
-            command.keep_plan(job, config, plan(None, config))
+            command.keep_plan(job, plan(None, config), config)
         except WorkflowError as exc:
             if multirun:  # the job named, the kind kept (refused before running: exit status 2)
                 kind = InvalidWorkflow if isinstance(exc, InvalidWorkflow) else WorkflowError

@@ -6,6 +6,7 @@ many bytes its tensors take; loaders are passed in by the caller.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -97,12 +98,7 @@ class ComponentCache:
                      oldest, size / 2**20, self.budget_bytes / 2**20)
 
 
-_process_cache: ComponentCache | None = None
-
-
+@functools.cache
 def process_cache() -> ComponentCache:
     """The one cache of this process, shared by every workflow run and sweep job in it."""
-    global _process_cache
-    if _process_cache is None:
-        _process_cache = ComponentCache()
-    return _process_cache
+    return ComponentCache()

@@ -2,7 +2,9 @@
 
 ``execute(plan, ctx, given=..., only=...)`` can also run part of a plan with some outputs already known
 (a fused sweep runs a batch without its save nodes, then each job's save nodes on its share of the images):
-the nodes that run get exactly the engine's checks either way.
+the nodes that run get exactly the engine's checks either way. With ``ctx.output_cache``, a node whose
+signature (type, parameters, runtime, inputs' signatures: see reuse.py) matches an earlier run is not run
+again: its outputs and record entries are handed on as they were.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .cache import ComponentCache
 from .errors import NodeRunError, WorkflowError
-from .record import RunRecord
+from .record import Fallback, RunRecord
+from .reuse import NodeRun, OutputCache, node_key
 from .validate import Plan
 
 log = logging.getLogger("sdflow.run")
@@ -50,6 +53,10 @@ class RunContext:
     progress: bool = True
     record: RunRecord = field(default_factory=RunRecord)
     compile: bool | str = False  # runtime.compile: loaders hand out compiled modules (compiled once per process)
+    output_cache: OutputCache | None = None  # None: every node runs (runtime.output_cache=false)
+    # what a node's outputs depend on besides its parameters and inputs (the files they name), for its cache key;
+    # it may raise OSError (a file gone): the node is then not reused
+    fingerprint: Callable[[Any], Any] | None = None
     # called after each denoise step as on_step(node_id, step_index, total_steps, latents): progress and previews
     on_step: Callable[[str, int, int, Any], None] | None = None
     plan: Plan | None = None
@@ -116,6 +123,47 @@ def _to_run(plan: Plan, given: dict[str, dict[str, Any]], only: Collection[str] 
     return order
 
 
+def _readers(plan: Plan) -> dict[tuple[str, str], list[str]]:
+    """(node, output) -> the nodes that read it and hand something on, in plan order (sinks only write)."""
+    readers: dict[tuple[str, str], list[str]] = {}
+    for node_id in plan.order:
+        if plan.nodes[node_id].spec.outputs:
+            for ref in plan.nodes[node_id].inputs.values():
+                readers.setdefault((ref.node, ref.output), []).append(node_id)
+    return readers
+
+
+def _key(plan: Plan, node_id: str, keys: dict[str, str | None], readers: dict, runtime: tuple,
+         fingerprint: Callable[[Any], Any] | None) -> str | None:
+    """The node's signature, or None when an input's is unknown (a given value, a node that did not run) or its
+    fingerprint cannot be taken."""
+    inputs = {}
+    for name, ref in sorted(plan.nodes[node_id].inputs.items()):
+        earlier = readers.get((ref.node, ref.output), [])
+        earlier = earlier[:earlier.index(node_id)] if node_id in earlier else []
+        found = [keys.get(ref.node)] + [keys.get(reader) for reader in earlier]
+        if any(k is None for k in found):
+            return None
+        inputs[name] = [ref.output] + found
+    planned = plan.nodes[node_id]
+    try:
+        outside = fingerprint(planned) if fingerprint is not None else None
+    except OSError:
+        return None
+    return node_key(planned.spec.name, planned.params, inputs, runtime + (outside,))
+
+
+def _reuse(ctx: RunContext, node_id: str, run: NodeRun) -> dict[str, Any]:
+    """Hand on a kept run's outputs, noting in this run's record what the node noted when it ran."""
+    for entry in run.entries:
+        ctx.record.note(node_id, entry)
+    ctx.record.fallbacks += [Fallback(node_id, f.kind, f.detail) for f in run.fallbacks]
+    ctx.record.warnings += [w for w in run.warnings if w not in ctx.record.warnings]
+    ctx.record.reused.append(node_id)
+    log.debug("node %s: reused its output of an earlier run", node_id)
+    return run.outputs
+
+
 def execute(plan: Plan, ctx: RunContext, given: dict[str, dict[str, Any]] | None = None,
             only: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run the nodes of ``plan`` (those in ``only``, default all) but the ``given`` ones, whose outputs are known.
@@ -126,8 +174,16 @@ def execute(plan: Plan, ctx: RunContext, given: dict[str, dict[str, Any]] | None
     order = _to_run(plan, given, only)
     ctx.plan, ctx.results = plan, given
     ctx.per_image = per_image_values(plan)
+    keys: dict[str, str | None] = dict.fromkeys(given)
+    readers, runtime = _readers(plan), (ctx.device, ctx.dtype, str(ctx.compile))
     for node_id in order:
         planned = plan.nodes[node_id]
+        keys[node_id] = key = (_key(plan, node_id, keys, readers, runtime, ctx.fingerprint)
+                               if planned.spec.outputs and ctx.output_cache is not None else None)
+        kept = ctx.output_cache.get(key) if ctx.output_cache is not None and key is not None else None
+        if kept is not None:
+            given[node_id] = _reuse(ctx, node_id, kept)
+            continue
         kwargs = dict(planned.params)
         for name, ref in planned.inputs.items():
             kwargs[name] = given[ref.node][ref.output]
@@ -135,6 +191,7 @@ def execute(plan: Plan, ctx: RunContext, given: dict[str, dict[str, Any]] | None
             kwargs.setdefault(name, None)  # an optional input left unwired
         ctx.node_id = node_id
         ctx.used_outputs = plan.consumers(node_id)
+        fallbacks, warnings = len(ctx.record.fallbacks), len(ctx.record.warnings)
         start = time.perf_counter()
         try:
             outputs = planned.spec.fn(ctx, **kwargs)
@@ -148,6 +205,10 @@ def execute(plan: Plan, ctx: RunContext, given: dict[str, dict[str, Any]] | None
             raise NodeRunError(plan.workflow.path, node_id, planned.spec.name,
                                RuntimeError(f"node returned no value for outputs {sorted(missing)}"))
         _check_finite(plan, node_id, outputs, ctx.dtype)
+        if ctx.output_cache is not None and key is not None:
+            noted = [by_node[node_id] for by_node in ctx.record.entries.values() if node_id in by_node]
+            ctx.output_cache.put(key, NodeRun(outputs, noted, ctx.record.fallbacks[fallbacks:],
+                                              ctx.record.warnings[warnings:]), ctx.cache)
         given[node_id] = outputs
         log.debug("node %s (%s) took %.3fs", node_id, planned.spec.name, ctx.record.timings_s[node_id])
     return given

@@ -85,6 +85,7 @@ class RunRecord:
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     batch: dict[str, Any] | None = None  # a fused sweep job's: {"jobs": [job numbers], "images": count}
+    reused: list[str] = field(default_factory=list)  # nodes whose outputs came from the output cache
 
     def note(self, node_id: str, entry: Entry) -> None:
         """Keep ``entry`` as what node ``node_id`` did (one entry per node and section)."""
@@ -111,10 +112,11 @@ class RunRecord:
                              for node_id, entry in by_node.items()}
                    for section, by_node in self.entries.items()}
         return replace(self, entries=entries, fallbacks=list(self.fallbacks), warnings=list(self.warnings),
-                       timings_s=dict(self.timings_s))
+                       timings_s=dict(self.timings_s), reused=list(self.reused))
 
     def to_json(self) -> dict[str, Any]:
-        """The record as written into PNGs and manifests (timings left out: they differ from run to run)."""
+        """The record as written into PNGs (timings and reused nodes left out: they say how a run went, not what it
+        made; the manifest has them)."""
         data: dict[str, Any] = {"schema": SCHEMA_VERSION, "workflow_file": self.workflow_file,
                                 "workflow_yaml": self.workflow_yaml, "versions": dict(self.versions),
                                 "runtime": dict(self.runtime)}

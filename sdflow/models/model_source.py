@@ -6,6 +6,8 @@ are what validation reads before any weight loads.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -58,8 +60,18 @@ class ModelSource:
 
 
 def read_json(path: Path) -> dict | None:
+    """A small JSON file (a config), or None when it is missing or not JSON; read once per version of the file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        stat = path.stat()
+    except OSError:
+        return None
+    return copy.deepcopy(_read_json(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_json(name: str, size: int, mtime_ns: int) -> dict | None:
+    try:
+        return json.loads(Path(name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 

@@ -6,6 +6,7 @@ through a run.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -21,12 +22,19 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 
 
 def safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole safetensors file, or None; reads only its header.
+    """Why ``path`` is not a whole safetensors file, or None; reads only its header, once per version of the file
+    (its size and modification time): a sweep validates every job, a real model's headers list a thousand tensors.
 
     A safetensors file is an 8-byte little-endian header length, a JSON header giving each tensor's dtype,
     shape and byte range, then exactly the bytes those ranges cover.
     """
-    size = path.stat().st_size
+    stat = path.stat()
+    return _header_problem(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_problem(name: str, size: int, mtime_ns: int) -> str | None:
+    path = Path(name)
     with open(path, "rb") as handle:
         head = handle.read(8)
         length = int.from_bytes(head, "little") if len(head) == 8 else -1

@@ -9,15 +9,16 @@ from __future__ import annotations
 import gc
 import logging
 
-from ..engine import RunContext
+from ..engine import RunContext, process_output_cache
 
 log = logging.getLogger("sdflow.memory")
 
 
 def free_memory() -> None:
-    """Release what the failed try left behind, so the smaller retry has the memory."""
+    """Release what the failed try left behind, and the outputs kept for reuse, so the smaller retry has the memory."""
     import torch
 
+    process_output_cache().clear()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -1,4 +1,4 @@
-"""check_runtime: the config's runtime (device and dtype) checked before anything loads, like a workflow's fields."""
+"""check_runtime: the config's runtime (device, dtype, output cache) checked before anything loads, like a workflow's fields."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def check_runtime(runtime: Mapping) -> list[Problem]:
         problems.append(Problem("config", None, f"runtime.{key}", message))
 
     device, dtype = str(runtime.get("device", "cpu")), str(runtime.get("dtype", "float32"))
+    if not isinstance(runtime.get("output_cache", True), bool):
+        problem("output_cache", f"expected true or false, given {runtime.get('output_cache')!r}")
+    budget = runtime.get("output_cache_mb")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
+        problem("output_cache_mb", f"expected a number of MiB >= 0 (or null: no bound), given {budget!r}")
     if dtype not in DTYPES:
         problem("dtype", f"expected one of {', '.join(DTYPES)}, given {dtype!r}")
     kind, _, index = device.partition(":")

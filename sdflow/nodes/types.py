@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..engine import PortType, ValueType, given_text
@@ -185,6 +185,11 @@ class Latents:
     def finite(self) -> bool:
         return all_finite(self.samples, self.noise)
 
+    def for_reuse(self) -> Latents:
+        """These latents with generators of their own in the state these are in now (the output cache hands a copy
+        to each run that reuses them: later nodes advance the generators they are given)."""
+        return replace(self, generators=[copy_generator(g) for g in self.generators])
+
 
 @dataclass
 class Images:
@@ -323,6 +328,15 @@ def broadcast_lists(**values) -> dict[str, list]:
             given = ", ".join(f"{n}: {len(v)}" for n, v in lists.items())
             raise ValueError(f"per-image lists of different lengths ({given}); give each one value or {count}")
     return {name: items * count if len(items) == 1 else items for name, items in lists.items()}
+
+
+def copy_generator(generator: torch.Generator) -> torch.Generator:
+    """A new generator in the state ``generator`` is in now."""
+    import torch
+
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return copy
 
 
 def generators_for(seeds: list[int], device: str) -> list[torch.Generator]:

@@ -101,15 +101,15 @@ def run_manifest(folder: str | Path, workflow: str = "", record: RunRecord | Non
                  started: str | None = None) -> Iterator[None]:
     """Keep ``folder``'s manifest for the run inside the ``with``: running, then done / failed / interrupted.
 
-    ``record``: the run's record (RunContext.record), whose ``fallbacks`` are copied in at the end, and whose
-    schema version the manifest carries.
+    ``record``: the run's record (RunContext.record), whose ``fallbacks`` and ``reused`` nodes (their outputs taken
+    from an earlier run: the output cache) are copied in at the end, and whose schema version the manifest carries.
     ``started``: when the run began, if before the ``with`` (a fused sweep job's batch); default: now.
     A failure names the node from the exception's ``node`` attribute (NodeRunError, ModelSourceError).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     run = {"schema": SCHEMA_VERSION, "status": "running", "workflow": workflow, "started": started or now(),
-           "ended": None, "pid": os.getpid(), "images": [], "fallbacks": [], "node": None, "error": None}
+           "ended": None, "pid": os.getpid(), "images": [], "fallbacks": [], "reused": [], "node": None, "error": None}
     with _locked(folder):
         earlier = read_manifest(folder)
         if earlier is not None:
@@ -119,7 +119,7 @@ def run_manifest(folder: str | Path, workflow: str = "", record: RunRecord | Non
     def end(status: str, error: BaseException | None = None):
         def change(entry):
             fallbacks = [event.to_json() for event in (record.fallbacks if record else [])]
-            entry.update(status=status, ended=now(), fallbacks=fallbacks)
+            entry.update(status=status, ended=now(), fallbacks=fallbacks, reused=list(record.reused) if record else [])
             if error is not None:
                 message = str(error) if isinstance(error, WorkflowError) else f"{type(error).__name__}: {error}"
                 entry.update(node=getattr(error, "node", None), error=message)

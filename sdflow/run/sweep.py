@@ -26,7 +26,7 @@ from ..nodes.memory import is_out_of_memory
 from ..nodes.types import IMAGE, SEEDS, Images, seeds_list
 from .manifest import now
 from .outputs import files_of
-from .run import RunResult, run, run_context
+from .execution import RunResult, run, run_context
 
 log = logging.getLogger("sdflow.sweep")
 

@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 
 from ...engine import RunRecord, WorkflowError
 from ..outputs import RunFolder
-from ..run import RunResult
+from ..execution import RunResult
 from ..sweep import Job, Sweep
 from .worker import JobOutcome
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 from dataclasses import dataclass, field
@@ -15,14 +16,16 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from .. import __version__
-from ..engine import ComponentCache, Files, Plan, RunContext, RunRecord, execute, process_cache
+from ..engine import (ComponentCache, Files, OutputCache, Plan, RunContext, RunRecord, execute, process_cache,
+                      process_output_cache)
 from ..nodes.previews import StepPreview, step_callback
 from ..nodes.types import Images
 from ..runtime_env import configure_threads, plan_weight_bytes
 from .compose import compose_config
 from .outputs import files_of
-from .plan import plan as make_plan
-from .plan import prompt_warnings, resolved_workflow_yaml
+from .stamps import stamps
+from .planning import plan as make_plan
+from .planning import prompt_warnings, resolved_workflow_yaml
 
 log = logging.getLogger("sdflow")
 
@@ -49,7 +52,9 @@ class RunResult:
         return []
 
 
+@functools.cache
 def versions() -> dict[str, str]:
+    """The versions of sdflow and the libraries that make its images (read once per process)."""
     found = {"sdflow": __version__}
     for package in ("diffusers", "torch", "transformers"):
         try:
@@ -67,6 +72,16 @@ def runtime_compile(runtime) -> bool | str:
     return True if value in (True, "true", "True", "default") else str(value)
 
 
+def output_cache(runtime) -> OutputCache | None:
+    """The process's output cache with ``runtime.output_cache_mb`` as its bound, or None (``output_cache=false``)."""
+    if not runtime.get("output_cache", True):
+        return None
+    cache = process_output_cache()
+    budget = runtime.get("output_cache_mb")
+    cache.budget_bytes = None if budget is None else int(budget * 2**20)
+    return cache
+
+
 def run_context(plan: Plan, config: DictConfig, cache: ComponentCache | None = None, progress: bool = True,
                 on_preview: Callable[[StepPreview], None] | None = None) -> RunContext:
     """The context of one run of ``plan``: runtime, cache, its record begun, previews, the CPU threads set.
@@ -77,9 +92,10 @@ def run_context(plan: Plan, config: DictConfig, cache: ComponentCache | None = N
     runtime = config.get("runtime") or {}
     device, dtype = str(runtime.get("device", "cpu")), str(runtime.get("dtype", "float32"))
     ctx = RunContext(cache=cache if cache is not None else process_cache(), device=device, dtype=dtype,
-                     progress=progress, compile=runtime_compile(runtime))
+                     progress=progress, compile=runtime_compile(runtime), output_cache=output_cache(runtime),
+                     fingerprint=stamps)
     ctx.record = RunRecord(workflow_file=plan.workflow.path, workflow_yaml=resolved_workflow_yaml(plan),
-                           versions=versions(), runtime={"device": device, "dtype": dtype},
+                           versions=dict(versions()), runtime={"device": device, "dtype": dtype},
                            warnings=prompt_warnings(config, plan))
     every = int(config.get("preview_every") or 0)
     if every or on_preview is not None:

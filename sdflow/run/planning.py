@@ -7,6 +7,7 @@ get its workflow planned, and none skips a check.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,17 +20,33 @@ from ..nodes.runtime_facts import check_runtime
 from ..workflows import available_workflows, workflow_path
 
 
+_parsed: dict[tuple, Workflow] = {}  # (path, size, mtime) -> the file parsed once: a sweep plans it for every job
+
+
 def find_workflow(workflow: Workflow | str | Path | None, config: DictConfig) -> Workflow:
-    """The workflow to plan: as given, else read from a path or a name (default: the config's ``workflow``)."""
+    """The workflow to plan: as given, else read from a path or a name (default: the config's ``workflow``).
+
+    A file is parsed once per version of it (its size and modification time); each plan gets its own copy, since
+    planning writes the config's values into it.
+    """
     if isinstance(workflow, Workflow):
         return workflow
     name = str(workflow if workflow is not None else config.get("workflow"))
     path = workflow_path(name)
-    if not path.exists():
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is None or not path.is_file():
+        if path.exists():
+            return load_workflow(path)  # not a file: load_workflow names what is wrong
         known = ", ".join(available_workflows())
         raise ValidationError([Problem(str(path), None, None, f"workflow '{name}' not found (built-in workflows: {known}; "
                                        "or give a path to a .yaml file)")])
-    return load_workflow(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _parsed:
+        _parsed[key] = load_workflow(path)
+    return copy.deepcopy(_parsed[key])
 
 
 def plan(workflow: Workflow | str | Path | None, config: DictConfig,
@@ -67,7 +84,9 @@ def resolved_workflow_yaml(planned: Plan) -> str:
         body.update({name: str(ref) for name, ref in node.inputs.items()})
         body.update(node.params)
         nodes[node_id] = body
-    return yaml.safe_dump({"description": planned.workflow.description, "nodes": nodes}, sort_keys=False)
+    # libyaml's emitter where PyYAML has it (the same text, several times faster: a sweep writes it for every job)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump({"description": planned.workflow.description, "nodes": nodes}, sort_keys=False, Dumper=dumper)
 
 
 def params_with_role(planned: Plan, role: str) -> list[tuple[str, str, Any]]:

@@ -1,0 +1,184 @@
+"""What sdflow's sweeps take from Hydra's internals, and Hydra's per-job work done without what nothing reads.
+
+The one module that imports Hydra's private parts (tests/test_hydra_contract.py pins what it relies on):
+- ``BasicSweeper`` and ``sweep_jobs``: Hydra's expansion of ``-m`` overrides into jobs;
+- ``SweepConfigs``: each job's config exactly as ``load_sweep_config`` composes it, Hydra's composition run once
+  per shape of job (about 60 ms a job here) and the other jobs derived from it;
+- ``run_hydra_job``: Hydra's ``run_job`` (the job folder, its ``.hydra/`` files, log, callbacks, JobReturn) for a
+  job whose task config is already made, without run_job's two deep copies and second masked copy of the config.
+"""
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import yaml
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override
+from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
+
+__all__ = ["BasicSweeper", "SweepConfigs", "run_hydra_job", "sweep_jobs"]
+
+
+def sweep_jobs(overrides: List[str], config_loader: Any = None) -> List[List[str]]:
+    """The override list of every job a ``-m`` sweep would launch (Hydra's own sweep expansion).
+
+    ``config_loader``: where ``glob()`` over a config group finds the group's options (default: sdflow's config).
+    """
+    if config_loader is None:
+        from hydra import initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+
+        if not GlobalHydra.instance().is_initialized():
+            with initialize_config_module(config_module="sdflow.conf", version_base=None):
+                return sweep_jobs(overrides, GlobalHydra.instance().config_loader())
+        config_loader = GlobalHydra.instance().config_loader()
+    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(overrides)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def without_hydra(config: DictConfig) -> DictConfig:
+    """A job's config as its task function sees it: without the ``hydra`` node."""
+    task = copy.deepcopy(config)
+    with open_dict(task):
+        del task["hydra"]
+    return task
+
+
+class SweepConfigs:
+    """Each job's (sweep config, task config) exactly as Hydra makes them, composed once per shape of job.
+
+    Jobs whose overrides differ only in plain values (``key=value`` of a key that is not a config group, no
+    ``+``/``~``/package, not ``hydra.*``, not a dict) share one composition: the first is composed by Hydra, the
+    others are copies of it with their own values applied by Hydra's own function, and their ``overrides.task`` and
+    ``override_dirname`` made as Hydra makes them. tests/test_sweep_configs.py holds derived and composed configs
+    equal across the sweep forms Hydra supports.
+    """
+
+    def __init__(self, hydra_context: HydraContext, master: DictConfig):
+        self.loader, self.master = hydra_context.config_loader, master
+        self.parser = OverridesParser.create(config_loader=self.loader)
+        self.composed: Dict[tuple, Tuple[DictConfig, DictConfig]] = {}  # shape -> the first job's (sweep, task)
+        self.groups: Dict[str, bool] = {}  # key -> whether it names a config group
+
+    def is_group(self, key: str) -> bool:
+        if key not in self.groups:
+            self.groups[key] = self.loader.repository.group_exists(key) or any(
+                key in sweep.hydra.runtime.choices for sweep, _ in self.composed.values())
+        return self.groups[key]
+
+    def plain(self, override) -> bool:
+        """Whether an override only sets a value (what a derived config can apply)."""
+        return not (override.is_hydra_override() or override.is_add() or override.is_force_add()
+                    or override.is_delete() or override.package is not None or override.is_sweep_override()
+                    or self.is_group(override.key_or_group) or isinstance(override.value(), dict))
+
+    def __call__(self, job_overrides: Sequence[str]) -> Tuple[DictConfig, DictConfig]:
+        parsed = self.parser.parse_overrides(list(job_overrides))
+        plain = [self.plain(o) for o in parsed]
+        shape = tuple(("value", o.key_or_group) if p else o.input_line for o, p in zip(parsed, plain))
+        if shape not in self.composed:
+            sweep = self.loader.load_sweep_config(self.master, list(job_overrides))
+            self.composed[shape] = (sweep, without_hydra(sweep))
+            return copy.deepcopy(sweep), copy.deepcopy(self.composed[shape][1])
+        sweep, task = (copy.deepcopy(c) for c in self.composed[shape])
+        values = [o for o, p in zip(parsed, plain) if p]
+        ConfigLoaderImpl._apply_overrides_to_config(values, sweep)
+        ConfigLoaderImpl._apply_overrides_to_config(values, task)
+        app = [o for o in parsed if not o.is_hydra_override()]
+        dirname = sweep.hydra.job.config.override_dirname
+        with read_write(sweep.hydra), open_dict(sweep.hydra):
+            sweep.hydra.overrides.task = [o.input_line for o in app]
+            sweep.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        OmegaConf.copy_cache(from_config=self.master, to_config=sweep)
+        return sweep, task
+
+
+class _FastDumper(getattr(yaml, "CDumper", yaml.Dumper)):
+    """OmegaConf's YAML dumper (its quoting of strings that read as other types) on libyaml's emitter."""
+
+
+_FastDumper.add_representer(str, OmegaConfDumper.str_representer)
+
+
+def config_yaml(config: Any) -> str:
+    """``OmegaConf.to_yaml(config)``, the same text, emitted by libyaml (tested equal on every sweep form).
+
+    ``config``: a config, or a dict of configs (``{"hydra": node}``: what a masked copy of the node dumps as).
+    """
+    container = ({key: OmegaConf.to_container(value, resolve=False, enum_to_str=True) for key, value in config.items()}
+                 if isinstance(config, dict) else OmegaConf.to_container(config, resolve=False, enum_to_str=True))
+    dumper = _FastDumper if yaml.__with_libyaml__ else get_omega_conf_dumper()
+    return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=dumper)
+
+
+def _write(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "w", encoding="utf-8") as file:
+        file.write(text)
+
+
+def run_hydra_job(hydra_context: HydraContext, task_function: Callable[[DictConfig], Any], config: DictConfig,
+                  task_config: DictConfig) -> JobReturn:
+    """Run one sweep job as ``hydra.core.utils.run_job(..., "hydra.sweep.dir", "hydra.sweep.subdir")`` does.
+
+    The same: HydraConfig while it runs, its folder (and working directory when ``hydra.job.chdir``), ``.hydra/``
+    config.yaml, hydra.yaml and overrides.yaml, its job log, ``env_set``, the callbacks and the JobReturn.
+    Different: ``task_config`` is the job's config without ``hydra`` made once already (run_job deep-copies the
+    config twice, and masks a copy of it twice, for each job): HydraConfig and the JobReturn's ``hydra_cfg`` hold
+    the job's config itself; the files are emitted by libyaml.
+    """
+    callbacks = hydra_context.callbacks
+    old_cwd = os.getcwd()
+    orig_hydra_cfg = HydraConfig.instance().cfg
+    # HydraConfig holds the job's own config (each job has its own copy): HydraConfig.get() is its hydra node, as
+    # with set_config, which would mask a copy of it first. The folder's name may read it (${hydra:...}).
+    OmegaConf.set_readonly(config.hydra, True)
+    HydraConfig.instance().cfg = config
+    output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                              str(OmegaConf.select(config, "hydra.sweep.subdir")))
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+    chdir = bool(config.hydra.job.chdir)
+    try:
+        ret = JobReturn()
+        ret.cfg, ret.hydra_cfg = task_config, config
+        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if chdir:
+            os.chdir(output_dir)
+            ret.working_dir = output_dir
+        else:
+            ret.working_dir = os.getcwd()
+        configure_log(config.hydra.job_logging, config.hydra.verbose)
+        if config.hydra.output_subdir is not None:
+            folder = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
+            _write(folder, "config.yaml", config_yaml(task_config))
+            _write(folder, "hydra.yaml", config_yaml({"hydra": config.hydra}))
+            _write(folder, "overrides.yaml", config_yaml(config.hydra.overrides.task))
+        with env_override(config.hydra.job.env_set):
+            callbacks.on_job_start(config=config, task_function=task_function)
+            try:
+                ret.return_value = task_function(task_config)
+                ret.status = JobStatus.COMPLETED
+            except Exception as exc:
+                ret.return_value = exc
+                ret.status = JobStatus.FAILED
+        ret.task_name = JobRuntime.instance().get("name")
+        for handler in list(logging.getLogger().handlers):
+            handler.flush()
+        callbacks.on_job_end(config=config, job_return=ret)
+        return ret
+    finally:
+        HydraConfig.instance().cfg = orig_hydra_cfg
+        if chdir:
+            os.chdir(old_cwd)
