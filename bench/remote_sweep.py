@@ -34,7 +34,7 @@ def sweep_jobs(steps: int):
     jobs = []
     for seed in range(4):
         for prompt in PROMPTS:
-            overrides = ["model=tiny", f"steps={steps}", f"seed={seed}", f"prompt={prompt}"]
+            overrides = ["model=tiny", f"steps={steps}", f"seed={seed}", f"prompt={prompt}", "runtime.output_cache=false"]
             config = compose_config(overrides)
             jobs.append(Job(len(jobs), tuple(overrides), config, plan_workflow(config)))
     return jobs

@@ -85,9 +85,10 @@ def main() -> None:
     guidance, prompt = 7.5, "a small red circle on the left, blue background"
     work = Path(tempfile.mkdtemp(prefix="sdflow-bench-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # weights, sweeps and PNGs: nothing is kept
+    # runtime.output_cache=false: each sweep runs its nodes (the same seeds again would reuse every output)
     overrides = [f"steps={steps}", "scheduler=euler", f"guidance={guidance}", f"prompt=\"{prompt}\"",
                  f"runtime.device={device}", f"runtime.dtype={dtype}", f"runtime.max_batch={batch}",
-                 f"width={size}", f"height={size}"]
+                 f"width={size}", f"height={size}", "runtime.output_cache=false"]
     if args.sd15_shapes:
         overrides += ["model=sd15", f"model.path={build_sd15_shaped(work / 'sd15')}"]
     else:

@@ -91,8 +91,9 @@ def main() -> None:
 
     device = "cuda" if args.sd15_shapes and torch.cuda.is_available() else "cpu"
     dtype = "float16" if device == "cuda" else "float32"
+    # runtime.output_cache=false: every repeat runs its nodes (a repeat of the same run would reuse every output)
     overrides = [f"steps={args.steps}", f"scheduler={args.scheduler}", "seed=1", "prompt=a lighthouse at dusk",
-                 f"runtime.device={device}", f"runtime.dtype={dtype}"]
+                 f"runtime.device={device}", f"runtime.dtype={dtype}", "runtime.output_cache=false"]
     if args.sd15_shapes:
         folder = build_sd15_shaped(scratch("sd15-shaped-"))
         overrides += ["model=sd15", f"model.path={folder}", "width=512", "height=512"]

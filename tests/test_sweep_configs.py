@@ -16,7 +16,8 @@ from hydra.core.utils import setup_globals
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf
 
-from hydra_plugins.sdflow_launcher.hydra_jobs import SweepConfigs, config_yaml, sweep_jobs, without_hydra
+from hydra_plugins.sdflow_launcher.hydra_jobs import HydraFiles, SweepConfigs, config_yaml, sweep_jobs, without_hydra
+from sdflow.engine.workflow import select_value
 
 FORMS = {
     "choices": ["seed=0,1,2", "guidance=1,2.5"],
@@ -52,17 +53,30 @@ def test_derived_configs_equal_hydras_composition(hydra_loader, form):
     configs = SweepConfigs(HydraContext(config_loader=hydra_loader, callbacks=None), master)
     jobs = sweep_jobs([o for o in overrides if o not in hydra_overrides], hydra_loader)
     assert len(jobs) >= 2
-    for job in jobs:
+    files = HydraFiles()  # one per launch: its hydra.yaml parts are emitted once
+    for num, job in enumerate(jobs):
         derived, task = configs(job)
         composed = hydra_loader.load_sweep_config(master, list(job))
         assert OmegaConf.to_yaml(derived) == OmegaConf.to_yaml(composed), job
         assert OmegaConf.to_container(derived) == OmegaConf.to_container(composed), job
         assert OmegaConf.to_yaml(task) == OmegaConf.to_yaml(without_hydra(composed)), job
         assert OmegaConf.is_struct(task) == OmegaConf.is_struct(without_hydra(composed))
-        for node in (task, {"hydra": composed.hydra}, composed.hydra.overrides.task):  # the three .hydra files
-            expected = OmegaConf.to_yaml(OmegaConf.masked_copy(composed, "hydra")) if isinstance(node, dict) \
-                else OmegaConf.to_yaml(node)
-            assert config_yaml(node) == expected, job
+        for node in ("hydra", "hydra.job", "hydra.runtime"):  # structured types and flags kept (HydraConfig needs them)
+            ours, theirs = OmegaConf.select(derived, node), OmegaConf.select(composed, node)
+            assert OmegaConf.get_type(ours) is OmegaConf.get_type(theirs)
+            assert (OmegaConf.is_struct(ours), OmegaConf.is_readonly(ours)) == (OmegaConf.is_struct(theirs),
+                                                                                  OmegaConf.is_readonly(theirs))
+        assert derived.hydra._get_parent() is derived  # interpolations from the hydra node reach the user's config
+        for config in (derived, composed):  # as the launcher sets them before the job runs
+            OmegaConf.update(config, "hydra.job.num", num)
+            OmegaConf.update(config, "hydra.job.id", num)
+            OmegaConf.update(config, "hydra.runtime.output_dir", f"/sweep/{num}", force_add=True)
+        assert files.hydra_yaml(derived) == OmegaConf.to_yaml(OmegaConf.masked_copy(composed, "hydra")), job
+        assert config_yaml(task) == OmegaConf.to_yaml(without_hydra(composed)), job
+        assert config_yaml(OmegaConf.to_container(derived.hydra.overrides.task)) == \
+            OmegaConf.to_yaml(composed.hydra.overrides.task), job
+        for key in ("hydra.sweep.subdir", "hydra.job_logging.handlers.file.filename", "hydra.job.name"):
+            assert select_value(derived, key) == OmegaConf.select(composed, key), key
     if form not in ("config groups", "glob over a group", "appended keys", "deleted key", "a group choice with a value"):
         assert len(configs.composed) == 1  # plain values only: Hydra composed the first job, the rest are derived
 

@@ -5,12 +5,15 @@ The one module that imports Hydra's private parts (tests/test_hydra_contract.py 
 - ``SweepConfigs``: each job's config exactly as ``load_sweep_config`` composes it, Hydra's composition run once
   per shape of job (about 60 ms a job here) and the other jobs derived from it;
 - ``run_hydra_job``: Hydra's ``run_job`` (the job folder, its ``.hydra/`` files, log, callbacks, JobReturn) for a
-  job whose task config is already made, without run_job's two deep copies and second masked copy of the config.
+  job whose task config is already made, without run_job's two deep copies and second masked copy of the config;
+  ``SweepLogging``: Hydra's logging set-up around each job, its handlers made once where only file names differ.
 """
 
 import copy
 import logging
 import os
+import pickle
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -24,7 +27,9 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
 
-__all__ = ["BasicSweeper", "SweepConfigs", "run_hydra_job", "sweep_jobs"]
+from sdflow.engine.workflow import select_value
+
+__all__ = ["BasicSweeper", "HydraFiles", "SweepConfigs", "SweepLogging", "run_hydra_job", "sweep_jobs"]
 
 
 def sweep_jobs(overrides: List[str], config_loader: Any = None) -> List[List[str]]:
@@ -66,13 +71,16 @@ class SweepConfigs:
     def __init__(self, hydra_context: HydraContext, master: DictConfig):
         self.loader, self.master = hydra_context.config_loader, master
         self.parser = OverridesParser.create(config_loader=self.loader)
-        self.composed: Dict[tuple, Tuple[DictConfig, DictConfig]] = {}  # shape -> the first job's (sweep, task)
+        # shape -> the first job's (sweep config, task config), pickled: unpickling copies one in a third of the time
+        # a deep copy takes (both keep every flag, type and parent link: tests/test_sweep_configs.py)
+        self.composed: Dict[tuple, Tuple[bytes, bytes]] = {}
+        self.choices: set = set()  # the config groups the composed jobs chose options of
         self.groups: Dict[str, bool] = {}  # key -> whether it names a config group
+        self.parsed: Dict[str, Any] = {}  # override text -> Hydra's Override (read, never changed)
 
     def is_group(self, key: str) -> bool:
         if key not in self.groups:
-            self.groups[key] = self.loader.repository.group_exists(key) or any(
-                key in sweep.hydra.runtime.choices for sweep, _ in self.composed.values())
+            self.groups[key] = self.loader.repository.group_exists(key) or key in self.choices
         return self.groups[key]
 
     def plain(self, override) -> bool:
@@ -81,15 +89,23 @@ class SweepConfigs:
                     or override.is_delete() or override.package is not None or override.is_sweep_override()
                     or self.is_group(override.key_or_group) or isinstance(override.value(), dict))
 
+    def parse(self, overrides: Sequence[str]) -> list:
+        """Hydra's parsed overrides, each text parsed once (a sweep's jobs share most of theirs)."""
+        missing = [o for o in overrides if o not in self.parsed]
+        self.parsed.update(zip(missing, self.parser.parse_overrides(missing)))
+        return [self.parsed[o] for o in overrides]
+
     def __call__(self, job_overrides: Sequence[str]) -> Tuple[DictConfig, DictConfig]:
-        parsed = self.parser.parse_overrides(list(job_overrides))
+        parsed = self.parse(list(job_overrides))
         plain = [self.plain(o) for o in parsed]
         shape = tuple(("value", o.key_or_group) if p else o.input_line for o, p in zip(parsed, plain))
         if shape not in self.composed:
             sweep = self.loader.load_sweep_config(self.master, list(job_overrides))
-            self.composed[shape] = (sweep, without_hydra(sweep))
-            return copy.deepcopy(sweep), copy.deepcopy(self.composed[shape][1])
-        sweep, task = (copy.deepcopy(c) for c in self.composed[shape])
+            self.choices |= set(sweep.hydra.runtime.choices)
+            self.composed[shape] = (pickle.dumps(sweep, pickle.HIGHEST_PROTOCOL),
+                                    pickle.dumps(without_hydra(sweep), pickle.HIGHEST_PROTOCOL))
+            return sweep, pickle.loads(self.composed[shape][1])
+        sweep, task = (pickle.loads(data) for data in self.composed[shape])
         values = [o for o, p in zip(parsed, plain) if p]
         ConfigLoaderImpl._apply_overrides_to_config(values, sweep)
         ConfigLoaderImpl._apply_overrides_to_config(values, task)
@@ -110,15 +126,62 @@ class _FastDumper(getattr(yaml, "CDumper", yaml.Dumper)):
 _FastDumper.add_representer(str, OmegaConfDumper.str_representer)
 
 
+def _plain(value: Any) -> Any:
+    """A config node as plain Python (a dict of nodes too), interpolations kept, as ``OmegaConf.to_yaml`` dumps it."""
+    if isinstance(value, dict):
+        return {key: _plain(v) for key, v in value.items()}
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=False, enum_to_str=True)
+    if hasattr(value, "_value"):  # a value node
+        inner = value._value()
+        return inner.name if isinstance(inner, Enum) else inner
+    return value
+
+
 def config_yaml(config: Any) -> str:
     """``OmegaConf.to_yaml(config)``, the same text, emitted by libyaml (tested equal on every sweep form).
 
-    ``config``: a config, or a dict of configs (``{"hydra": node}``: what a masked copy of the node dumps as).
+    ``config``: a config, a dict of configs (``{"hydra": node}``: what a masked copy of the node dumps as), or a
+    plain list.
     """
-    container = ({key: OmegaConf.to_container(value, resolve=False, enum_to_str=True) for key, value in config.items()}
-                 if isinstance(config, dict) else OmegaConf.to_container(config, resolve=False, enum_to_str=True))
+    if isinstance(config, list):  # already plain (a job's overrides)
+        container: Any = config
+    elif isinstance(config, dict):
+        container = {key: _plain(value) for key, value in config.items()}
+    else:
+        container = OmegaConf.to_container(config, resolve=False, enum_to_str=True)
     dumper = _FastDumper if yaml.__with_libyaml__ else get_omega_conf_dumper()
     return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=dumper)
+
+
+class HydraFiles:
+    """The ``.hydra/`` files of each job of a sweep, as Hydra writes them (``OmegaConf.to_yaml`` of the task config,
+    of the masked ``hydra`` node and of the overrides), with the ``hydra.yaml`` parts that a plain-value job cannot
+    change (all but ``overrides``, ``job`` and ``runtime``) emitted once per launch: a YAML block mapping is the
+    concatenation of its keys' blocks, so each part is emitted alone (tests/test_sweep_configs.py)."""
+
+    PER_JOB = ("overrides", "job", "runtime")
+
+    def __init__(self) -> None:
+        self.parts: Dict[str, str] = {}  # top-level hydra key -> its YAML lines
+
+    def hydra_yaml(self, config: DictConfig) -> str:
+        lines = ["hydra:\n"]
+        for key in config.hydra:
+            if key in self.PER_JOB or key not in self.parts:
+                text = config_yaml({"hydra": {key: config.hydra._get_node(key)}})[len("hydra:\n"):]
+                if key not in self.PER_JOB:
+                    self.parts[key] = text
+                lines.append(text)
+            else:
+                lines.append(self.parts[key])
+        return "".join(lines)
+
+    def write(self, config: DictConfig, task_config: DictConfig, overrides: list) -> None:
+        folder = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
+        _write(folder, "config.yaml", config_yaml(task_config))
+        _write(folder, "hydra.yaml", self.hydra_yaml(config))
+        _write(folder, "overrides.yaml", config_yaml(overrides))
 
 
 def _write(folder: Path, name: str, text: str) -> None:
@@ -127,8 +190,70 @@ def _write(folder: Path, name: str, text: str) -> None:
         file.write(text)
 
 
+def _interpolated(container: Any, path: str = "") -> List[str]:
+    """Dotted paths of the values of a plain container that hold an interpolation."""
+    if isinstance(container, dict):
+        return [p for key, value in container.items() for p in _interpolated(value, f"{path}.{key}" if path else key)]
+    return [path] if isinstance(container, str) and "${" in container else []
+
+
+class SweepLogging:
+    """Hydra's ``configure_log`` around each job of a sweep (its job_logging while it runs, hydra_logging between
+    jobs), done once when the jobs' logging configs differ only in their log files' names (Hydra's default
+    job_logging names ``${hydra.runtime.output_dir}/${hydra.job.name}.log``): the root logger's handlers are then
+    swapped, each job's file handler made anew for its file, instead of Python's dictConfig tearing down and
+    building every handler twice a job."""
+
+    def __init__(self, sweep_config: DictConfig):
+        self.hydra_logging, self.verbose = sweep_config.hydra.hydra_logging, sweep_config.hydra.verbose
+        self.configured: Any = None  # (the job_logging container, its interpolated values) as first configured
+        self.job_handlers: List[logging.Handler] = []
+        self.between_jobs: List[logging.Handler] | None = None  # the root's handlers under hydra_logging
+        self.levels: Tuple[int, int] = (logging.INFO, logging.INFO)  # the root's level: in a job, between jobs
+
+    def start_job(self, config: DictConfig) -> None:
+        """As ``configure_log(config.hydra.job_logging, config.hydra.verbose)``."""
+        job_logging = config.hydra.job_logging
+        unresolved = OmegaConf.to_container(job_logging, resolve=False)
+        values = {path: select_value(config, f"hydra.job_logging.{path}") for path in _interpolated(unresolved)}
+        others = {path: value for path, value in values.items() if not path.endswith(".filename")}
+        root = logging.getLogger()
+        if (self.configured is None or unresolved != self.configured[0] or others != self.configured[1]
+                or unresolved.get("loggers")):
+            configure_log(job_logging, config.hydra.verbose)
+            self.configured = (unresolved, others)
+            self.job_handlers, self.levels = list(root.handlers), (root.level, self.levels[1])
+            return
+        files = {path.split(".")[1]: value for path, value in values.items() if path.endswith(".filename")}
+        for index, handler in enumerate(self.job_handlers):
+            name = getattr(handler, "name", None)
+            if isinstance(handler, logging.FileHandler) and name in files:
+                handler.close()
+                new = type(handler)(files[name], mode=handler.mode, encoding=handler.encoding, delay=handler.delay,
+                                    errors=handler.errors)
+                new.name, new.formatter, new.level, new.filters = name, handler.formatter, handler.level, handler.filters
+                self.job_handlers[index] = new
+        root.handlers = list(self.job_handlers)
+        if root.level != self.levels[0]:  # setLevel clears every logger's cache
+            root.setLevel(self.levels[0])
+
+    def end_job(self) -> None:
+        """As ``configure_log(hydra_logging, verbose)``, as Hydra's basic launcher does after each job."""
+        root = logging.getLogger()
+        if self.between_jobs is None:
+            configure_log(self.hydra_logging, self.verbose)
+            self.between_jobs, self.levels = list(root.handlers), (self.levels[0], root.level)
+            return
+        for handler in root.handlers:
+            if handler not in self.between_jobs:
+                handler.flush()
+        root.handlers = list(self.between_jobs)
+        if root.level != self.levels[1]:
+            root.setLevel(self.levels[1])
+
+
 def run_hydra_job(hydra_context: HydraContext, task_function: Callable[[DictConfig], Any], config: DictConfig,
-                  task_config: DictConfig) -> JobReturn:
+                  task_config: DictConfig, logs: SweepLogging | None = None, files: HydraFiles | None = None) -> JobReturn:
     """Run one sweep job as ``hydra.core.utils.run_job(..., "hydra.sweep.dir", "hydra.sweep.subdir")`` does.
 
     The same: HydraConfig while it runs, its folder (and working directory when ``hydra.job.chdir``), ``.hydra/``
@@ -144,27 +269,26 @@ def run_hydra_job(hydra_context: HydraContext, task_function: Callable[[DictConf
     # with set_config, which would mask a copy of it first. The folder's name may read it (${hydra:...}).
     OmegaConf.set_readonly(config.hydra, True)
     HydraConfig.instance().cfg = config
-    output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
-                              str(OmegaConf.select(config, "hydra.sweep.subdir")))
+    output_dir = os.path.join(str(select_value(config, "hydra.sweep.dir")), str(select_value(config, "hydra.sweep.subdir")))
     with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
         config.hydra.runtime.output_dir = os.path.abspath(output_dir)
     chdir = bool(config.hydra.job.chdir)
     try:
         ret = JobReturn()
         ret.cfg, ret.hydra_cfg = task_config, config
-        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)  # also overrides.yaml
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         if chdir:
             os.chdir(output_dir)
             ret.working_dir = output_dir
         else:
             ret.working_dir = os.getcwd()
-        configure_log(config.hydra.job_logging, config.hydra.verbose)
+        if logs is not None:
+            logs.start_job(config)
+        else:
+            configure_log(config.hydra.job_logging, config.hydra.verbose)
         if config.hydra.output_subdir is not None:
-            folder = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
-            _write(folder, "config.yaml", config_yaml(task_config))
-            _write(folder, "hydra.yaml", config_yaml({"hydra": config.hydra}))
-            _write(folder, "overrides.yaml", config_yaml(config.hydra.overrides.task))
+            (files or HydraFiles()).write(config, task_config, ret.overrides)
         with env_override(config.hydra.job.env_set):
             callbacks.on_job_start(config=config, task_function=task_function)
             try:

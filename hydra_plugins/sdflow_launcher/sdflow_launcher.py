@@ -24,7 +24,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .hydra_jobs import BasicSweeper, SweepConfigs, run_hydra_job
+from .hydra_jobs import BasicSweeper, HydraFiles, SweepConfigs, SweepLogging, run_hydra_job
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,14 @@ class SweepLauncher(Launcher):
         if not jobs:
             return []
         sweep = self.make_sweep(jobs, max_batch(jobs[0].config))
+        logs, files = SweepLogging(self.config), HydraFiles()
         try:
             runs: List[JobReturn] = []
             for job, (idx, overrides, sweep_config) in zip(jobs, configs):
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
                 task = functools.partial(self.task_function, sweep=sweep, num=idx)
-                runs.append(run_hydra_job(self.hydra_context, task, sweep_config, job.config))
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+                runs.append(run_hydra_job(self.hydra_context, task, sweep_config, job.config, logs, files))
+                logs.end_job()
             return runs
         finally:
             close = getattr(sweep, "close", None)

@@ -287,8 +287,14 @@ def _writes_nothing(workflow: Workflow, registry: dict[str, NodeSpec], planned: 
                              f"leave nothing behind); add {ways}")]
 
 
+_orders: dict[tuple, list[str]] = {}  # a graph's nodes and edges -> its order (a sweep plans one graph per job)
+
+
 def _order(workflow: Workflow, graph: nx.MultiDiGraph, problems: list[Problem]) -> tuple[list[str], set[str]]:
     """The nodes in a deterministic topological order, and the nodes on cycles (each cycle reported, left out)."""
+    shape = (tuple(graph.nodes), tuple(graph.edges))
+    if shape in _orders:
+        return list(_orders[shape]), set()
     cyclic: set[str] = set()
     for component in sorted(nx.strongly_connected_components(graph), key=min):
         if len(component) == 1 and not graph.has_edge(next(iter(component)), next(iter(component))):
@@ -301,7 +307,10 @@ def _order(workflow: Workflow, graph: nx.MultiDiGraph, problems: list[Problem]) 
     # Ties go by id, but a ready node that nothing reads (save_image) goes first: what a workflow writes is
     # written as soon as it exists, not after every later stage (or a fault in one) has run.
     acyclic = graph.subgraph(set(graph) - cyclic)
-    return list(nx.lexicographical_topological_sort(acyclic, key=lambda n: (acyclic.out_degree(n) > 0, n))), cyclic
+    order = list(nx.lexicographical_topological_sort(acyclic, key=lambda n: (acyclic.out_degree(n) > 0, n)))
+    if not cyclic:
+        _orders[shape] = list(order)
+    return order, cyclic
 
 
 def _run_checks(workflow: Workflow, planned: dict[str, PlannedNode], graph: nx.MultiDiGraph, order: list[str],

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.nodes import AnyNode, StringNode, ValueNode
 
 from .errors import Problem, ValidationError
 
@@ -164,6 +165,36 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+_PLAIN = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${dotted.key}: an interpolation that only reads another value
+
+
+def select_value(config: DictConfig, key: str) -> Any:
+    """``OmegaConf.select(config, key)`` (None where there is no such key), without OmegaConf's parser where the
+    value is plain or only joins plain values (``${model.width}``, ``${hydra.runtime.output_dir}/${hydra.job.name}.log``):
+    a sweep plans and runs every job, and OmegaConf parses each interpolation afresh each time."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(config, parent_key) if parent_key else config
+    target = parent._get_node(leaf) if isinstance(parent, DictConfig) and leaf in parent else None
+    if isinstance(target, ValueNode) and not target._is_interpolation() and not target._is_missing():
+        return target._value()
+    raw = target._value() if isinstance(target, (AnyNode, StringNode)) else None
+    if isinstance(raw, str) and "${" in raw and _PLAIN.sub("", raw).count("${") == 0:
+        parts = {}
+        for ref in set(_PLAIN.findall(raw)):
+            node_parent, _, node_leaf = ref.rpartition(".")
+            holder = OmegaConf.select(config, node_parent) if node_parent else config
+            node = holder._get_node(node_leaf) if holder is not None and node_leaf in holder else None
+            if node is None or not isinstance(node._value(), (str, int, float, bool)) or (
+                    isinstance(node._value(), str) and "${" in node._value()):
+                return OmegaConf.select(config, key)  # a value that is itself computed: OmegaConf's own way
+            parts[ref] = node._value()
+        whole = _PLAIN.fullmatch(raw)
+        if whole and isinstance(target, AnyNode):  # one interpolation keeps its value's type, as OmegaConf does
+            return parts[whole.group(1)]
+        return str(parts[whole.group(1)]) if whole else _PLAIN.sub(lambda m: str(parts[m.group(1)]), raw)
+    return OmegaConf.select(config, key)
+
+
 def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None) -> list[Problem]:
     """Replace ``${key}`` in every field by the config's value, in place; return the problems found.
 
@@ -191,7 +222,7 @@ def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None)
         found = {}
         for key in keys:
             key = key.strip()
-            selected = OmegaConf.select(config, key, default=_MISSING, throw_on_missing=False)
+            selected = select_value(config, key) if _has_key(config, key) else _MISSING
             if selected is _MISSING:
                 problems.append(workflow.problem(node_id, field_name,
                                                  f"'${{{key}}}' is not in the config; pass it on the command line "
@@ -213,4 +244,13 @@ def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None)
     return problems
 
 
+
+
 _MISSING = object()
+
+
+def _has_key(config: DictConfig, key: str) -> bool:
+    """Whether ``key`` (dotted) names a value of ``config`` (a ``???`` one counts as missing)."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(config, parent_key, default=None) if parent_key else config
+    return isinstance(parent, DictConfig) and leaf in parent and not OmegaConf.is_missing(parent, leaf)

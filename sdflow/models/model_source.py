@@ -6,7 +6,6 @@ are what validation reads before any weight loads.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -60,12 +59,15 @@ class ModelSource:
 
 
 def read_json(path: Path) -> dict | None:
-    """A small JSON file (a config), or None when it is missing or not JSON; read once per version of the file."""
+    """A small JSON file (a config), or None when it is missing or not JSON; read once per version of the file.
+
+    The dict is shared by every caller: read it, do not change it.
+    """
     try:
         stat = path.stat()
     except OSError:
         return None
-    return copy.deepcopy(_read_json(str(path), stat.st_size, stat.st_mtime_ns))
+    return _read_json(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -7,7 +7,7 @@ get its workflow planned, and none skips a check.
 
 from __future__ import annotations
 
-import copy
+import pickle
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +20,7 @@ from ..nodes.runtime_facts import check_runtime
 from ..workflows import available_workflows, workflow_path
 
 
-_parsed: dict[tuple, Workflow] = {}  # (path, size, mtime) -> the file parsed once: a sweep plans it for every job
+_parsed: dict[tuple, bytes] = {}  # (path, size, mtime) -> the file parsed once, pickled: a sweep plans it every job
 
 
 def find_workflow(workflow: Workflow | str | Path | None, config: DictConfig) -> Workflow:
@@ -45,8 +45,8 @@ def find_workflow(workflow: Workflow | str | Path | None, config: DictConfig) ->
                                        "or give a path to a .yaml file)")])
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _parsed:
-        _parsed[key] = load_workflow(path)
-    return copy.deepcopy(_parsed[key])
+        _parsed[key] = pickle.dumps(load_workflow(path), pickle.HIGHEST_PROTOCOL)
+    return pickle.loads(_parsed[key])  # a copy of its own, several times faster than a deep copy
 
 
 def plan(workflow: Workflow | str | Path | None, config: DictConfig,

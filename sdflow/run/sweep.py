@@ -14,6 +14,7 @@ whose input is at fault fails. A CUDA out-of-memory batch is split in half and r
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +41,7 @@ class Job:
     config: DictConfig
     plan: Plan
 
-    @property
+    @functools.cached_property
     def images(self) -> int:
         return image_count(self.plan)
 
@@ -272,20 +273,21 @@ class Sweep:
 
 
 def max_batch(config: DictConfig) -> int:
-    """``runtime.max_batch``, or a default: 8 images on the CPU, on CUDA what free memory holds at this size.
+    """``runtime.max_batch``, or what memory holds at this image size: on the CPU 8 images of 512x512 (more of
+    smaller ones, up to 64), on CUDA what free memory holds.
 
-    The CUDA estimate (~0.6 GiB of activations per 512x512 image in fp16, scaled by pixel count, 80% of
-    the free memory) is deliberately rough: an out-of-memory batch is split and retried anyway.
+    The CUDA estimate (~0.6 GiB of activations per 512x512 image in fp16, scaled by pixel count, 80% of the
+    free memory) is deliberately rough: an out-of-memory batch is split and retried anyway.
     """
     runtime = config.get("runtime") or {}
     if runtime.get("max_batch"):
         return int(runtime.max_batch)
+    pixels = int(config.get("width") or 512) * int(config.get("height") or 512)
     if str(runtime.get("device", "cpu")).startswith("cuda"):
         import torch
 
         if torch.cuda.is_available():
             free, _ = torch.cuda.mem_get_info()
-            pixels = int(config.get("width") or 512) * int(config.get("height") or 512)
             per_image = 0.6 * 2**30 * pixels / (512 * 512)
             return max(1, min(64, int(0.8 * free / per_image)))
-    return 8
+    return max(1, min(64, 8 * 512 * 512 // pixels))
