@@ -16,8 +16,8 @@ from hydra.core.utils import setup_globals
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf
 
-from hydra_plugins.sdflow_launcher.hydra_jobs import HydraFiles, SweepConfigs, config_yaml, sweep_jobs, without_hydra
-from sdflow.engine.workflow import select_value
+from hydra_plugins.sdflow_launcher.hydra_jobs import (HydraFiles, SweepConfigs, config_yaml, select_value, sweep_jobs,
+                                                      without_hydra)
 
 FORMS = {
     "choices": ["seed=0,1,2", "guidance=1,2.5"],
@@ -73,6 +73,7 @@ def test_derived_configs_equal_hydras_composition(hydra_loader, form):
             OmegaConf.update(config, "hydra.runtime.output_dir", f"/sweep/{num}", force_add=True)
         assert files.hydra_yaml(derived) == OmegaConf.to_yaml(OmegaConf.masked_copy(composed, "hydra")), job
         assert config_yaml(task) == OmegaConf.to_yaml(without_hydra(composed)), job
+        assert files.task.dump(OmegaConf.to_container(task)) == OmegaConf.to_yaml(without_hydra(composed)), job
         assert config_yaml(OmegaConf.to_container(derived.hydra.overrides.task)) == \
             OmegaConf.to_yaml(composed.hydra.overrides.task), job
         for key in ("hydra.sweep.subdir", "hydra.job_logging.handlers.file.filename", "hydra.job.name"):
@@ -108,3 +109,20 @@ def test_a_fused_sweep_writes_the_hydra_files_the_basic_launcher_writes(tmp_path
                         "hydra.overrides.hydra", "hydra.runtime.choices"):
                 OmegaConf.update(config, key, None, force_add=True)
         assert OmegaConf.to_yaml(mine) == OmegaConf.to_yaml(basic), job
+
+
+def test_the_workflow_as_it_ran_is_a_whole_dump_whatever_ran_before():
+    """resolved_workflow_yaml keeps each node's block from plan to plan: the text must be what one dump gives."""
+    import yaml
+
+    from sdflow.run import compose_config, plan, resolved_workflow_yaml
+
+    for overrides in (["seed=1"], ["seed=2"], ["seed=2", "guidance=2"], ["seed=2", "guidance=2.0"], ["steps=1"],
+                      ["prompt=une fenêtre, ☀"], ["workflow=chain", "strength=0.5"], ["seed=[1,2]"]):
+        planned = plan(None, compose_config(["model=tiny"] + overrides))
+        nodes = {node_id: {"type": planned.nodes[node_id].spec.name,
+                           **{name: str(ref) for name, ref in planned.nodes[node_id].inputs.items()},
+                           **planned.nodes[node_id].params} for node_id in planned.order}
+        whole = yaml.dump({"description": planned.workflow.description, "nodes": nodes}, Dumper=yaml.CSafeDumper,
+                          sort_keys=False, allow_unicode=True)
+        assert resolved_workflow_yaml(planned) == whole, overrides

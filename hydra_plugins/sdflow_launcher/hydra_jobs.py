@@ -13,6 +13,7 @@ import copy
 import logging
 import os
 import pickle
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
@@ -26,8 +27,9 @@ from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, en
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
+from omegaconf.nodes import AnyNode, StringNode, ValueNode
 
-from sdflow.engine.workflow import select_value
+from sdflow.run.yaml_text import YamlBlocks
 
 __all__ = ["BasicSweeper", "HydraFiles", "SweepConfigs", "SweepLogging", "run_hydra_job", "sweep_jobs"]
 
@@ -154,16 +156,53 @@ def config_yaml(config: Any) -> str:
     return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=dumper)
 
 
+_PLAIN = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${dotted.key}: an interpolation that only reads another value
+
+
+def _node(config: DictConfig, key: str) -> Any:
+    """The node at dotted ``key`` (None: none), found without resolving anything on the way."""
+    node: Any = config
+    for part in key.split("."):
+        node = node._get_node(part) if isinstance(node, DictConfig) else None
+        if node is None:
+            return None
+    return node
+
+
+def select_value(config: DictConfig, key: str) -> Any:
+    """``OmegaConf.select(config, key)``, without OmegaConf's parser where the value is plain or only joins plain
+    values (``${hydra.runtime.output_dir}/${hydra.job.name}.log``, ``${hydra.job.num}``): a sweep asks for every job,
+    and OmegaConf parses each interpolation afresh each time."""
+    target = _node(config, key)
+    if isinstance(target, ValueNode) and not target._is_interpolation() and not target._is_missing():
+        return target._value()
+    raw = target._value() if isinstance(target, (AnyNode, StringNode)) else None
+    if isinstance(raw, str) and "${" in raw and _PLAIN.sub("", raw).count("${") == 0:
+        parts = {}
+        for ref in set(_PLAIN.findall(raw)):
+            node = _node(config, ref)
+            if not isinstance(node, ValueNode) or node._is_interpolation() or node._is_missing():
+                return OmegaConf.select(config, key)  # a value that is itself computed: OmegaConf's own way
+            parts[ref] = node._value()
+        whole = _PLAIN.fullmatch(raw)
+        if whole and isinstance(target, AnyNode):  # one interpolation keeps its value's type, as OmegaConf does
+            return parts[whole.group(1)]
+        return str(parts[whole.group(1)]) if whole else _PLAIN.sub(lambda m: str(parts[m.group(1)]), raw)
+    return OmegaConf.select(config, key)
+
+
 class HydraFiles:
     """The ``.hydra/`` files of each job of a sweep, as Hydra writes them (``OmegaConf.to_yaml`` of the task config,
     of the masked ``hydra`` node and of the overrides), with the ``hydra.yaml`` parts that a plain-value job cannot
-    change (all but ``overrides``, ``job`` and ``runtime``) emitted once per launch: a YAML block mapping is the
-    concatenation of its keys' blocks, so each part is emitted alone (tests/test_sweep_configs.py)."""
+    change (all but ``overrides``, ``job`` and ``runtime``) emitted once per launch and config.yaml's values
+    emitted when they change: a YAML block mapping is the concatenation of its keys' blocks, so each part is
+    emitted alone (sdflow.run.yaml_text; tests/test_sweep_configs.py)."""
 
     PER_JOB = ("overrides", "job", "runtime")
 
     def __init__(self) -> None:
         self.parts: Dict[str, str] = {}  # top-level hydra key -> its YAML lines
+        self.task = YamlBlocks(_FastDumper if yaml.__with_libyaml__ else get_omega_conf_dumper())
 
     def hydra_yaml(self, config: DictConfig) -> str:
         lines = ["hydra:\n"]
@@ -179,7 +218,7 @@ class HydraFiles:
 
     def write(self, config: DictConfig, task_config: DictConfig, overrides: list) -> None:
         folder = Path(config.hydra.runtime.output_dir) / Path(config.hydra.output_subdir)
-        _write(folder, "config.yaml", config_yaml(task_config))
+        _write(folder, "config.yaml", self.task.dump(_plain(task_config)))  # only the values that changed emitted
         _write(folder, "hydra.yaml", self.hydra_yaml(config))
         _write(folder, "overrides.yaml", config_yaml(overrides))
 

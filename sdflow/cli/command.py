@@ -40,6 +40,7 @@ class Command:
         self.saved: list[Path] = []  # every image written, for the Ctrl-C report
         self.error: BaseException | None = None  # a single run's failure, raised again by main
         self.interrupted = False
+        self.jobs_run = 0
         self._warned: set[str] = set()
         self._claimed: dict[str, str] = {}
 
@@ -79,9 +80,13 @@ class Command:
         from ..engine import WorkflowError, process_cache
         from ..nodes.records import SafetyReport
         from ..run import plan, run
+        from ..runtime_env import settle_heap
 
         hydra_config = HydraConfig.get()
         output_dir = hydra_config.runtime.output_dir
+        self.jobs_run += 1
+        if self.jobs_run == 1:
+            settle_heap()  # the sweep's configs and plans live as long as the command: out of the collector's walks
         try:
             if sweep is not None:
                 result = sweep.run_job(num, output_dir, warn=self.warn, on_write=self.saved.append)
@@ -95,6 +100,8 @@ class Command:
                 raise  # the job's JobReturn records the failure
             self.error = exc  # reported by main() in one line, past Hydra's traceback printing
             return
+        if self.jobs_run == 1:
+            settle_heap()  # what the first job loaded (libraries, models) stays for the command's life
         for path in result.saved:
             log.info("wrote %s", path)
         for node_id, report in result.record.of(SafetyReport).items():

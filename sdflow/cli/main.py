@@ -23,9 +23,10 @@ def main() -> None:
 
         print(command_help())
         return
-    from ..runtime_env import quiet_third_party
+    from ..runtime_env import quiet_third_party, settle_heap
 
     quiet_third_party()  # before validation: building a tiny model there may print library notices
+    settle_heap()  # the libraries imported so far live as long as the command
     command = Command()
     _note_interrupts(command)
     try:

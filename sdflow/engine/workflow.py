@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.nodes import AnyNode, StringNode, ValueNode
 
 from .errors import Problem, ValidationError
 
@@ -165,36 +164,6 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-_PLAIN = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${dotted.key}: an interpolation that only reads another value
-
-
-def select_value(config: DictConfig, key: str) -> Any:
-    """``OmegaConf.select(config, key)`` (None where there is no such key), without OmegaConf's parser where the
-    value is plain or only joins plain values (``${model.width}``, ``${hydra.runtime.output_dir}/${hydra.job.name}.log``):
-    a sweep plans and runs every job, and OmegaConf parses each interpolation afresh each time."""
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(config, parent_key) if parent_key else config
-    target = parent._get_node(leaf) if isinstance(parent, DictConfig) and leaf in parent else None
-    if isinstance(target, ValueNode) and not target._is_interpolation() and not target._is_missing():
-        return target._value()
-    raw = target._value() if isinstance(target, (AnyNode, StringNode)) else None
-    if isinstance(raw, str) and "${" in raw and _PLAIN.sub("", raw).count("${") == 0:
-        parts = {}
-        for ref in set(_PLAIN.findall(raw)):
-            node_parent, _, node_leaf = ref.rpartition(".")
-            holder = OmegaConf.select(config, node_parent) if node_parent else config
-            node = holder._get_node(node_leaf) if holder is not None and node_leaf in holder else None
-            if node is None or not isinstance(node._value(), (str, int, float, bool)) or (
-                    isinstance(node._value(), str) and "${" in node._value()):
-                return OmegaConf.select(config, key)  # a value that is itself computed: OmegaConf's own way
-            parts[ref] = node._value()
-        whole = _PLAIN.fullmatch(raw)
-        if whole and isinstance(target, AnyNode):  # one interpolation keeps its value's type, as OmegaConf does
-            return parts[whole.group(1)]
-        return str(parts[whole.group(1)]) if whole else _PLAIN.sub(lambda m: str(parts[m.group(1)]), raw)
-    return OmegaConf.select(config, key)
-
-
 def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None) -> list[Problem]:
     """Replace ``${key}`` in every field by the config's value, in place; return the problems found.
 
@@ -206,6 +175,30 @@ def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None)
     elif not isinstance(config, DictConfig):
         config = OmegaConf.create(config)
     problems: list[Problem] = []
+    raw = OmegaConf.to_container(config, resolve=False)  # values as written: most need no resolving
+    found_values: dict[str, Any] = {}
+
+    def config_value(key: str, seen: tuple = ()) -> Any:
+        """The config's value at ``key``, resolved (``_MISSING`` when there is none); each key looked up once.
+
+        A value that only names another (``${model.width}``) is followed here; anything else with an
+        interpolation (a resolver, text around one) is resolved by OmegaConf.
+        """
+        if key not in found_values:
+            value: Any = raw
+            for part in key.split("."):
+                value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+            whole = _INTERPOLATION.fullmatch(value) if isinstance(value, str) else None
+            if whole and _PLAIN_KEY.match(whole.group(1).strip()) and whole.group(1).strip() not in seen + (key,):
+                value = config_value(whole.group(1).strip(), seen + (key,))
+            elif value is not _MISSING and "${" in repr(value):
+                value = OmegaConf.select(config, key, default=_MISSING, throw_on_missing=False)
+                if OmegaConf.is_config(value):
+                    value = OmegaConf.to_container(value, resolve=True)
+            elif value == "???":
+                value = None  # as OmegaConf.select gives a missing value
+            found_values[key] = value
+        return found_values[key]
 
     def resolve(value, node_id, field_name):
         if isinstance(value, list):
@@ -222,14 +215,12 @@ def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None)
         found = {}
         for key in keys:
             key = key.strip()
-            selected = select_value(config, key) if _has_key(config, key) else _MISSING
+            selected = config_value(key)
             if selected is _MISSING:
                 problems.append(workflow.problem(node_id, field_name,
                                                  f"'${{{key}}}' is not in the config; pass it on the command line "
                                                  f"({key}=...) or add it to sdflow/conf/config.yaml"))
                 return value
-            if isinstance(selected, DictConfig) or OmegaConf.is_config(selected):
-                selected = OmegaConf.to_container(selected, resolve=True)
             found[key] = selected
         whole = _INTERPOLATION.fullmatch(value)
         if whole:
@@ -244,13 +235,4 @@ def resolve_interpolations(workflow: Workflow, config: DictConfig | dict | None)
     return problems
 
 
-
-
 _MISSING = object()
-
-
-def _has_key(config: DictConfig, key: str) -> bool:
-    """Whether ``key`` (dotted) names a value of ``config`` (a ``???`` one counts as missing)."""
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(config, parent_key, default=None) if parent_key else config
-    return isinstance(parent, DictConfig) and leaf in parent and not OmegaConf.is_missing(parent, leaf)

@@ -18,6 +18,7 @@ from .. import nodes as _register_nodes  # noqa: F401  (importing registers the 
 from ..engine import Plan, Problem, ValidationError, Workflow, load_workflow, resolve_interpolations, validate
 from ..nodes.runtime_facts import check_runtime
 from ..workflows import available_workflows, workflow_path
+from .yaml_text import YamlBlocks
 
 
 _parsed: dict[tuple, bytes] = {}  # (path, size, mtime) -> the file parsed once, pickled: a sweep plans it every job
@@ -84,9 +85,13 @@ def resolved_workflow_yaml(planned: Plan) -> str:
         body.update({name: str(ref) for name, ref in node.inputs.items()})
         body.update(node.params)
         nodes[node_id] = body
-    # libyaml's emitter where PyYAML has it (the same text, several times faster: a sweep writes it for every job)
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump({"description": planned.workflow.description, "nodes": nodes}, sort_keys=False, Dumper=dumper)
+    head = yaml.dump({"description": planned.workflow.description}, Dumper=_WORKFLOW_YAML.dumper, sort_keys=False,
+                     allow_unicode=True)
+    return head + _WORKFLOW_YAML.dump(nodes, under="nodes")
+
+
+# libyaml's emitter where PyYAML has it, each node's block kept: a sweep writes the workflow for every job
+_WORKFLOW_YAML = YamlBlocks(getattr(yaml, "CSafeDumper", yaml.SafeDumper))
 
 
 def params_with_role(planned: Plan, role: str) -> list[tuple[str, str, Any]]:
