@@ -106,3 +106,20 @@ def test_output_cache_settings_are_checked_before_anything_runs(tmp_path, value)
     with pytest.raises(ValidationError, match=key.replace(".", r"\.")):
         run_workflow("text2img", TEXT2IMG + [f"{key}={value}"], output_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_the_web_api_reuses_what_an_earlier_request_made(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from sdflow.ui.http import create_api
+    from sdflow.ui.jobs import JobQueue
+    from sdflow.ui.limits import Folders
+    from web_client import wait
+
+    client = TestClient(create_api(JobQueue(Folders(tmp_path / "out", tmp_path / "up"))), base_url="http://127.0.0.1")
+    request = {"workflow": "text2img", "values": {"model": "tiny", "steps": 2, "seed": 9}}
+    first, second = (wait(client, client.post("/api/jobs", json=request).json()["id"]) for _ in range(2))
+    assert first["status"] == second["status"] == "done"
+    assert read_manifest(second["output_dir"])["reused"][-1] == "safety"  # every node, to the last before the save
+    assert pixels(tmp_path / "out" / first["images"][0]["file"]).tobytes() == \
+        pixels(tmp_path / "out" / second["images"][0]["file"]).tobytes()
