@@ -131,6 +131,28 @@ def test_a_ray_sweep_rerun_into_the_same_folder_keeps_the_earlier_images(ray_clu
     assert prompts == ["a blue square"] * 2 + ["a red circle"] * 2
 
 
+def test_a_gpu_sweep_starts_from_a_driver_without_one_and_stops_once_where_no_worker_has_one(ray_cluster, tmp_path):
+    """The driver (a login node, a CPU head) checks all but the hardware; the workers check theirs before loading."""
+    import socket
+
+    ray_sweep = ["hydra/launcher=sdflow_ray", f"hydra.launcher.address='{ray_cluster}'", "hydra.launcher.workers=1"]
+    bad = sdflow(tmp_path, "-m", "model=tiny", "runtime=cuda", "steps=0,2", "hydra.sweep.dir=bad", *ray_sweep)
+    assert bad.returncode == 2 and "steps" in bad.stderr and not (tmp_path / "bad").exists()  # refused on the driver
+    run = sdflow(tmp_path, "-m", "model=tiny", "runtime=cuda", "runtime.max_batch=1", "steps=2", "seed=0,1,2,3",
+                 "hydra.sweep.dir=out", *ray_sweep)
+    assert run.returncode == 1, run.stderr  # submitted (not refused: exit 2), then failed on the worker
+    said = run.stdout + run.stderr  # Hydra's log on stdout, the summary on stderr
+    assert said.count("stopping the sweep") == 1 and "4 job(s) of the sweep failed" in run.stderr
+    first = next(line for line in run.stderr.splitlines() if line.startswith("  - job 0 "))
+    assert f"on {socket.gethostname()}) cannot run it" in first and "finds no CUDA GPU" in first
+    assert "  - jobs 1, 2, 3: not run: ray worker 0 (pid" in run.stderr  # one line for the jobs never run
+    log = (tmp_path / "out" / "0" / "sdflow.log").read_text()
+    assert f"on {socket.gethostname()}) cannot run it" in log and "finds no CUDA GPU" in log
+    for num in range(4):
+        manifest = json.loads((tmp_path / "out" / str(num) / "manifest.json").read_text())
+        assert manifest["status"] == "failed" and "CUDA GPU" in manifest["error"] and manifest["images"] == []
+
+
 def test_a_sweep_on_slurm_array_tasks_equals_the_local_sweep(local_sweep, tmp_path):
     pytest.importorskip("submitit")
     run = sdflow(tmp_path, *SWEEP, "hydra.sweep.dir=out", "hydra/launcher=sdflow_slurm",

@@ -17,11 +17,13 @@ import pytest
 from PIL import Image
 
 from sdflow.api import compose_config, plan_workflow, run_workflow
-from sdflow.engine import ComponentCache, Input, NodeRunError, NodeSpec, PortType, RunContext, parse_workflow, validate
+from sdflow.engine import (ComponentCache, Input, NodeRunError, NodeSpec, PortType, RunContext, ValidationError,
+                           parse_workflow, validate)
 from sdflow.nodes import types
 from sdflow.nodes.images import load_image
 from sdflow.nodes.mask import load_mask
-from sdflow.nodes.runtime_facts import check_runtime
+from sdflow.nodes.runtime_facts import check_hardware, check_runtime
+from sdflow.run import check_machine, plan
 from test_validation import CYCLE, GOOD, problems_of
 
 
@@ -105,11 +107,51 @@ def test_cuda_on_a_machine_without_it_is_a_validation_error_naming_the_runtime_k
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    (problem,) = check_runtime({"device": "cuda", "dtype": "float16"})
+    assert check_runtime({"device": "cuda", "dtype": "float16"}) == []  # the values are right on any machine
+    (problem,) = check_hardware({"device": "cuda", "dtype": "float16"})  # ... this machine cannot run them
     assert problem.field == "runtime.device" and "runtime=cuda" in str(problem) and "runtime=cpu" in str(problem)
+    config = compose_config(["model=tiny", "runtime=cuda"])
+    with pytest.raises(ValidationError, match="finds no CUDA GPU"):
+        plan(None, config)
+    assert plan(None, config, hardware=False).order  # a Ray/Slurm driver: its workers check the hardware
     (dtype,) = check_runtime({"device": "cpu", "dtype": "float17"})
     assert dtype.field == "runtime.dtype" and "float16" in dtype.message
     assert check_runtime({"device": "cpu", "dtype": "float32"}) == []
+
+
+class FakeGPU:
+    """torch.cuda as a worker with one GPU would answer it: ``free`` bytes free, bfloat16 or not."""
+
+    def __init__(self, monkeypatch, free: int, bf16: bool = True):
+        import torch
+
+        for name, answer in {"is_available": lambda: True, "device_count": lambda: 1,
+                             "is_bf16_supported": lambda: bf16, "get_device_name": lambda device=None: "Tiny GPU",
+                             "mem_get_info": lambda device=None: (free, 2 * free)}.items():
+            monkeypatch.setattr(torch.cuda, name, answer)
+
+
+def test_a_worker_checks_its_gpu_has_room_for_the_unet_and_computes_in_its_dtype(monkeypatch, tiny_sd):
+    from safetensors import safe_open
+
+    with safe_open(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors", "pt") as weights:
+        parameters = sum(int(np.prod(weights.get_slice(name).get_shape())) for name in weights.keys())
+    config = compose_config(["model=tiny", "runtime=cuda"])  # float16 by default: 2 bytes a parameter
+    planned = plan(None, config, hardware=False)
+    FakeGPU(monkeypatch, free=2 * parameters)
+    assert check_machine(planned, config) == []
+    FakeGPU(monkeypatch, free=2 * parameters - 1)
+    (room,) = check_machine(planned, config)
+    assert room.field == "runtime.device" and "Tiny GPU (cuda) has" in room.message and "at least" in room.message
+    fp32 = compose_config(["model=tiny", "runtime=cuda", "runtime.dtype=float32"])
+    FakeGPU(monkeypatch, free=3 * parameters)  # room in float16, not in float32
+    (room,) = check_machine(planned, fp32)
+    assert "runtime.dtype=float16" in room.message
+    bf16 = compose_config(["model=tiny", "runtime=cuda", "runtime.dtype=bfloat16"])
+    FakeGPU(monkeypatch, free=10 * parameters, bf16=False)
+    (dtype,) = check_machine(planned, bf16)
+    assert dtype.field == "runtime.dtype" and "does not compute in bfloat16" in dtype.message
+    assert check_machine(planned, compose_config(["model=tiny"])) == []  # a CPU run asks nothing
 
 
 def test_checking_a_cpu_runtime_imports_no_torch():

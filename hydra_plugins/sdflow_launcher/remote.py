@@ -54,6 +54,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="sdflow_slurm", node=S
 class RemoteLauncher(SweepLauncher):
     """The fused launcher's job loop with the batches run by a pool of workers (``make_pool``)."""
 
+    runs_elsewhere = True
+
     def make_pool(self):
         raise NotImplementedError
 

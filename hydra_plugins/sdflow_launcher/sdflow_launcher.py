@@ -61,11 +61,13 @@ class SdflowSweeper(BasicSweeper):
         batches = self.split_arguments(parsed, None)
         keep = getattr(self.task_function, "keep_plan", None)
         configs = SweepConfigs(self.hydra_context, self.config)
+        # Jobs that run on other machines are checked here for all but the hardware, which their workers check.
+        here = not getattr(self.launcher, "runs_elsewhere", False)
         errors = []
         for job in (job for batch in batches for job in batch):
             sweep_config, config = configs(job)
             try:
-                planned = plan(None, config)
+                planned = plan(None, config, hardware=here)
             except ValidationError as exc:
                 errors.append(f"sweep job [{' '.join(job)}]: {exc}")
                 continue
@@ -103,6 +105,8 @@ class SweepLauncher(Launcher):
     """A launcher that runs a sweep's jobs in order, as Hydra's basic launcher does, each task bound to a sweep
     object that gives it its result (``make_sweep``: local fused batches, or batches on remote workers)."""
 
+    runs_elsewhere = False  # True: the jobs run on workers, which check their own hardware (sdflow.run.check_machine)
+
     def __init__(self, **options: Any) -> None:
         super().__init__()
         self.options = options
@@ -128,7 +132,7 @@ class SweepLauncher(Launcher):
             kept = planned(overrides)
             if kept is None or kept.sweep_config is None:  # planned elsewhere (another sweeper): plan here
                 sweep_config, config = compose(overrides)
-                job_plan = plan(None, config)
+                job_plan = plan(None, config, hardware=not self.runs_elsewhere)
             else:
                 sweep_config, config, job_plan = kept.sweep_config, kept.config, kept.plan
             with open_dict(sweep_config):

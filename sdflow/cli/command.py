@@ -36,7 +36,7 @@ class Command:
 
     def __init__(self) -> None:
         self.plans: dict[tuple[str, ...], KeptPlan] = {}  # by the job's overrides
-        self.failures: list[str] = []  # "job N [overrides]: error" of every failed sweep job
+        self.failures: list[tuple[int, str, str]] = []  # (N, "[overrides]", error) of every failed sweep job
         self.saved: list[Path] = []  # every image written, for the Ctrl-C report
         self.error: BaseException | None = None  # a single run's failure, raised again by main
         self.interrupted = False
@@ -53,7 +53,17 @@ class Command:
         return self.plans.get(tuple(overrides))
 
     def job_failed(self, num: int, overrides: Sequence[str], error: BaseException) -> None:
-        self.failures.append(f"job {num} [{' '.join(overrides)}]: {error}")
+        self.failures.append((num, f"[{' '.join(overrides)}]", str(error)))
+
+    def failure_report(self) -> str:
+        """The sweep's failed jobs, one line per reason: jobs that failed alike (a sweep stopped because its workers
+        have no GPU) are named together."""
+        reasons: dict[str, list[tuple[int, str]]] = {}
+        for num, overrides, reason in self.failures:
+            reasons.setdefault(reason, []).append((num, overrides))
+        lines = [f"job {jobs[0][0]} {jobs[0][1]}: {reason}" if len(jobs) == 1 else
+                 f"jobs {', '.join(str(num) for num, _ in jobs)}: {reason}" for reason, jobs in reasons.items()]
+        return f"sdflow: {len(self.failures)} job(s) of the sweep failed:" + "".join(f"\n  - {line}" for line in lines)
 
     def warn(self, text: str) -> None:
         """Log a warning once per command (once per run, or once for a whole sweep)."""

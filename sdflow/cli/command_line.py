@@ -31,6 +31,14 @@ def is_multirun(argv: list[str]) -> bool:
     return any(a in ("-m", "--multirun") for a in argv)
 
 
+def launches_elsewhere(argv: list[str]) -> bool:
+    """Whether a sweep's jobs run on other machines (``hydra/launcher=sdflow_ray`` or ``sdflow_slurm``), which
+    check their own hardware: a login node or a CPU Ray head need have no GPU."""
+    return any(override.lstrip("+~").partition("=")[0] in ("hydra/launcher", "override hydra/launcher")
+               and override.partition("=")[2] in ("sdflow_ray", "sdflow_slurm")
+               for override in split_command_line(argv)[0])
+
+
 def asks_hydra_only(argv: list[str]) -> bool:
     """Whether the command only asks Hydra about its config (``--cfg job``, ``--info``): nothing runs."""
     return any(a in HYDRA_ONLY or a.startswith(("--cfg", "--info")) for a in argv)

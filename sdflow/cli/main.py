@@ -11,7 +11,7 @@ import logging
 import sys
 
 from .command import Command
-from .command_line import asks_hydra_only, is_multirun, output_folder, split_command_line
+from .command_line import asks_hydra_only, is_multirun, launches_elsewhere, output_folder, split_command_line
 
 log = logging.getLogger("sdflow")
 
@@ -41,8 +41,7 @@ def main() -> None:
             _report_interrupt(command)
         _fail(exc)
     if command.failures:
-        print(f"sdflow: {len(command.failures)} job(s) of the sweep failed:"
-              + "".join(f"\n  - {f}" for f in command.failures), file=sys.stderr)
+        print(command.failure_report(), file=sys.stderr)
         sys.exit(1)
 
 
@@ -80,10 +79,11 @@ def plan_command_line(argv: list[str], command: Command) -> None:
         jobs = sweep_jobs(overrides)
     else:
         jobs = [overrides]
+    here = not (multirun and launches_elsewhere(argv))  # else the workers check their hardware
     for job in jobs:
         config = compose_config(job, config_dirs=config_dirs)
         try:
-            command.keep_plan(job, plan(None, config), config)
+            command.keep_plan(job, plan(None, config, hardware=here), config)
         except WorkflowError as exc:
             if multirun:  # the job named, the kind kept (refused before running: exit status 2)
                 kind = InvalidWorkflow if isinstance(exc, InvalidWorkflow) else WorkflowError

@@ -94,3 +94,36 @@ def weights_problem(folder: Path, allow_pickle: bool) -> str | None:
     others = sorted(n for n in names if n.endswith(".safetensors"))
     return (f"'{where}' has no weights file ({' or '.join(s + '.safetensors' for s in WEIGHT_STEMS)})"
             + (f"; it has only {', '.join(others)} (sdflow loads the plain file, not variants)" if others else ""))
+
+
+def tensor_elements(path: Path, prefix: str = "") -> int:
+    """How many numbers the tensors of a safetensors file hold (those whose names start with ``prefix``), from its
+    header alone; 0 where it is not a readable safetensors file."""
+    stat = path.stat()
+    return _elements(str(path), stat.st_size, stat.st_mtime_ns, prefix)
+
+
+@functools.lru_cache(maxsize=256)
+def _elements(name: str, size: int, mtime_ns: int, prefix: str) -> int:
+    if _header_problem(name, size, mtime_ns) is not None:
+        return 0
+    with open(name, "rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    return sum(math.prod(entry["shape"]) for key, entry in header.items()
+               if key != "__metadata__" and key.startswith(prefix))
+
+
+def denoiser_parameters(folder: Path | None, single_file: Path | None = None) -> int:
+    """The parameters of a model's UNet (the one module a run holds on its device whole), read from headers: 0
+    where they cannot be read (a hub model not downloaded yet, pickles). A folder may hold a weight file in more
+    than one variant (``.fp16.``): each variant is the same parameters, so the largest count is taken."""
+    if single_file is not None:
+        return tensor_elements(single_file, "model.diffusion_model.") if single_file.suffix == ".safetensors" else 0
+    unet = folder / "unet" if folder is not None else None
+    if unet is None or not unet.is_dir():
+        return 0
+    variants: dict[str, int] = {}
+    for path in unet.glob("*.safetensors"):
+        variant = path.name.split(".")[1] if path.name.count(".") > 1 else ""  # stem[.variant].safetensors
+        variants[variant] = variants.get(variant, 0) + tensor_elements(path)
+    return max(variants.values(), default=0)

@@ -7,8 +7,8 @@ shared batches, ``remote`` for its batches on Ray actors or Slurm tasks.
 
 from .compose import check_command_line, compose_config, output_folder_problem, quote_text_values
 from .outputs import RunFolder, claim_folder
-from .planning import plan, resolved_workflow_yaml
+from .planning import check_machine, plan, resolved_workflow_yaml
 from .execution import RunResult, run, run_context, run_workflow
 
-__all__ = ["RunFolder", "RunResult", "check_command_line", "claim_folder", "compose_config", "output_folder_problem",
-           "plan", "quote_text_values", "resolved_workflow_yaml", "run", "run_context", "run_workflow"]
+__all__ = ["RunFolder", "RunResult", "check_command_line", "check_machine", "claim_folder", "compose_config",
+           "output_folder_problem", "plan", "quote_text_values", "resolved_workflow_yaml", "run", "run_context", "run_workflow"]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from .. import nodes as _register_nodes  # noqa: F401  (importing registers the node types)
 from ..engine import Plan, Problem, ValidationError, Workflow, load_workflow, resolve_interpolations, validate
-from ..nodes.runtime_facts import check_runtime
+from ..nodes.runtime_facts import check_hardware, check_runtime
 from ..workflows import available_workflows, workflow_path
 from .yaml_text import YamlBlocks
 
@@ -51,16 +51,23 @@ def find_workflow(workflow: Workflow | str | Path | None, config: DictConfig) ->
 
 
 def plan(workflow: Workflow | str | Path | None, config: DictConfig,
-         screen: Callable[[Workflow], list[Problem]] | None = None) -> Plan:
+         screen: Callable[[Workflow], list[Problem]] | None = None, hardware: bool = True) -> Plan:
     """Interpolate and validate ``workflow`` with ``config``; raises ValidationError with every problem at once.
 
-    Checked together: the config's runtime (a GPU that is not there), the interpolations, the workflow's fields,
-    wiring and static checks. ``screen(workflow)``: a door's own rules on the interpolated workflow (the web
-    server's: only uploaded files), asked before validation opens any file or model folder it names.
+    Checked together: the config's runtime (and, with ``hardware``, whether this machine can run it: a GPU that is
+    not there, too small for the UNet), the interpolations, the workflow's fields, wiring and static checks.
+    ``hardware=False``: the jobs run elsewhere (a Ray or Slurm sweep), whose workers ask check_machine before they
+    load anything.
+    ``screen(workflow)``: a door's own rules on the interpolated workflow (the web server's: only uploaded files),
+    asked before validation opens any file or model folder it names.
     ``workflow`` is modified in place by the interpolation: give a freshly parsed one.
     """
     found = find_workflow(workflow, config)
-    problems = check_runtime(config.get("runtime") or {})
+    runtime = config.get("runtime") or {}
+    problems = check_runtime(runtime)
+    if hardware and not problems:  # the device first (no model folder opened), its room once the models are known
+        problems = check_hardware(runtime)
+        hardware = not problems
     unresolved = resolve_interpolations(found, config)
     if unresolved:  # the workflow's own checks need its values
         raise ValidationError(problems + unresolved)
@@ -71,6 +78,8 @@ def plan(workflow: Workflow | str | Path | None, config: DictConfig,
         planned = validate(found)
     except ValidationError as exc:
         raise ValidationError(problems + exc.problems) from None
+    if hardware:
+        problems = check_machine(planned, config)
     if problems:
         raise ValidationError(problems)
     return planned
@@ -92,6 +101,30 @@ def resolved_workflow_yaml(planned: Plan) -> str:
 
 # libyaml's emitter where PyYAML has it, each node's block kept: a sweep writes the workflow for every job
 _WORKFLOW_YAML = YamlBlocks(getattr(yaml, "CSafeDumper", yaml.SafeDumper))
+
+
+def check_machine(planned: Plan, config: DictConfig) -> list[Problem]:
+    """What stops this machine from running ``planned`` with the config's runtime: the GPU missing, its dtype
+    unsupported, less free memory than the UNet's weights take in that dtype (a lower bound: without offloading,
+    the UNet is on the GPU whole). Asked where a job runs, before anything loads: a Ray or Slurm worker, whose
+    driver planned with ``hardware=False``. A CPU runtime asks nothing (and imports no torch)."""
+    from ..models.sources import resolve_source
+    from ..models.model_source import SourceError
+    from ..models.weight_files import denoiser_parameters
+
+    runtime = config.get("runtime") or {}
+    if str(runtime.get("device", "cpu")) == "cpu" or check_runtime(runtime):
+        return []
+    parameters = 0
+    for _, _, source in params_with_role(planned, "model_source"):
+        try:
+            resolved = resolve_source(source) if source else None
+        except SourceError:
+            continue  # validation said so already; a hub model not downloaded yet is counted as nothing
+        if resolved is not None:
+            parameters = max(parameters, denoiser_parameters(resolved.folder, resolved.file))
+    item_size = 4 if str(runtime.get("dtype", "float32")) == "float32" else 2
+    return check_hardware(runtime, parameters * item_size)
 
 
 def params_with_role(planned: Plan, role: str) -> list[tuple[str, str, Any]]:

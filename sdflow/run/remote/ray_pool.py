@@ -155,3 +155,4 @@ class RayPool:
         self.actors, self.running, self.probing = [], {}, {}
         if self.started_cluster:
             ray.shutdown()
+            self.started_cluster = False

@@ -6,7 +6,9 @@ once for the sweep. Hydra then runs every job's task function in order on the dr
 task asks this sweep for the job's outcome (waiting for it while keeping the workers fed), writes the
 job's files through the one writer (new files only, its manifest), replays the job's log lines into its log
 and returns its result or raises its error. A unit whose worker died runs again on the next free worker, at most
-``retries`` more times; a job that fails by itself comes back as its error and is never retried.
+``retries`` more times; a job that fails by itself comes back as its error and is never retried. A worker whose
+machine cannot run the runtime (no GPU: RuntimeUnavailable) stops the sweep: the workers are released and every
+job not run yet fails with that one reason, instead of each waiting for a worker to find the same.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ...engine import RunRecord, WorkflowError
 from ..outputs import RunFolder
 from ..execution import RunResult
 from ..sweep import Job, Sweep
-from .worker import JobOutcome
+from .worker import JobOutcome, RuntimeUnavailable
 
 log = logging.getLogger("sdflow.remote")
 
@@ -91,6 +93,7 @@ class RemoteSweep:
         self.written: set[int] = set()  # jobs whose outcome was taken: a late duplicate is ignored
         self.bar = None
         self.images_done, self.started = 0, 0.0
+        self.stopped: RuntimeUnavailable | None = None  # why the sweep stopped early
 
     def start(self) -> None:
         from tqdm.auto import tqdm
@@ -101,15 +104,27 @@ class RemoteSweep:
                         dynamic_ncols=True)
 
     def _collect(self, timeout: float) -> None:
-        for outcome in self.pool.poll(timeout):
+        for outcome in self.pool.poll(timeout) if self.stopped is None else ():
             if outcome.num in self.written or outcome.num in self.outcomes:
                 continue
             self.outcomes[outcome.num] = outcome
+            if isinstance(outcome.error, RuntimeUnavailable):
+                self._stop(outcome.error)
             self.images_done += outcome.images if outcome.error is None else 0
             if self.bar is not None:
                 self.bar.update(1)
                 rate = self.images_done / max(time.monotonic() - self.started, 1e-9)
                 self.bar.set_postfix_str(f"{rate:.2f} images/s")
+
+    def _stop(self, reason: RuntimeUnavailable) -> None:
+        """No worker will run the rest: release the workers; the jobs without an outcome fail with ``reason``."""
+        self.stopped = reason
+        self.pool.close()
+        not_run = [num for num in self.jobs if num not in self.outcomes and num not in self.written]
+        log.error("stopping the sweep: %s (%d job(s) not run)", reason, len(not_run))
+        error = RuntimeUnavailable(f"not run: {reason}")
+        for num in not_run:
+            self.outcomes[num] = JobOutcome(num, error=error, images=self.jobs[num].images)
 
     def outcome(self, num: int) -> JobOutcome:
         """Job ``num``'s outcome, waiting for it; idle workers get more units meanwhile."""

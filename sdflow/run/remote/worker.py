@@ -38,6 +38,11 @@ class JobOutcome:
     started: str | None = None  # when the worker began the job
 
 
+class RuntimeUnavailable(WorkflowError):
+    """A worker's machine cannot run the runtime its jobs ask for (no GPU, no bfloat16, too little free memory),
+    found before it loads anything. Its workers being alike, the sweep stops there (RemoteSweep): once, not N times."""
+
+
 class RemoteJobError(Exception):
     """A job's exception that could not cross the process boundary as itself: its type's name and message."""
 
@@ -106,11 +111,18 @@ def worker_name(kind: str) -> str:
 def run_unit(jobs: list[Job], max_batch: int, worker: str) -> list[JobOutcome]:
     """Run ``jobs`` (one fused batch, or one job alone) as the local launcher would, in this process's cache.
 
-    Job faults (a bad input) come back as each job's error, never raised: only a worker fault raises.
+    Job faults (a bad input) come back as each job's error, never raised: only a worker fault raises. This machine's
+    hardware is checked first (the driver, which need have no GPU, checked everything else): a unit it cannot run
+    comes back as its jobs' RuntimeUnavailable, nothing loaded.
     """
     from ...runtime_env import quiet_third_party
+    from ..planning import check_machine
 
     quiet_third_party()
+    problems = check_machine(jobs[0].plan, jobs[0].config)  # a unit's jobs share their runtime (one batch, or alone)
+    if problems:
+        error = RuntimeUnavailable(f"{worker} cannot run it: " + "; ".join(problem.message for problem in problems))
+        return [JobOutcome(job.num, worker=worker, error=error, images=job.images, started=now()) for job in jobs]
     cache = process_cache()
     sweep = Sweep(jobs, max_batch)  # the driver's grouping: these jobs were one batch of at most max_batch images
     outcomes = []
