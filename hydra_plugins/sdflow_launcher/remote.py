@@ -7,7 +7,7 @@ every job folder through the one writer (new files only), so the sweep folder ne
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -29,22 +29,58 @@ class SdflowRayConf:
 
 
 @dataclass
-class SdflowSlurmConf:
-    _target_: str = "hydra_plugins.sdflow_launcher.remote.SlurmLauncher"
-    cluster: str = "slurm"  # "local": submitit's LocalExecutor, tasks as processes on this machine
-    folder: str = "${hydra.sweep.dir}/.submitit/%j"  # submitit's logs and pickles: shared by driver and nodes
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+class SubmititResources:
+    """What each array task asks of the cluster, in submitit's names for every cluster (its AutoExecutor's)."""
+
     timeout_min: int = 60
     gpus_per_node: int = 1  # each array task is one process on one node
     cpus_per_task: int = 4
     mem_gb: Optional[int] = None
+    name: str = "sdflow"  # the Slurm job name
+
+
+@dataclass
+class SdflowSlurmConf(SubmititResources):
+    """``hydra/launcher=sdflow_slurm``: submitit's resources (above); Slurm's own options, given to submitit as its
+    ``slurm_*`` parameters (each field below except sdflow's four, which it says); sdflow's."""
+
+    _target_: str = "hydra_plugins.sdflow_launcher.remote.SlurmLauncher"
+    # sdflow's own
+    cluster: str = "slurm"  # "local": submitit's LocalExecutor, tasks as processes on this machine
+    folder: str = "${hydra.sweep.dir}/.submitit/%j"  # submitit's logs and pickles: shared by driver and nodes
     workers: Optional[int] = None  # array tasks; null: one per batch; N: the batches dealt to N tasks (one load each)
+    retries: int = 2  # a task that ended without a result is submitted again at most this many times
+    # Slurm's (sbatch options)
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None  # node features, e.g. "a100|h100"
+    exclude: Optional[str] = None  # nodes not to use
     array_parallelism: int = 256  # tasks of the array running at once
+    signal_delay_s: int = 90  # USR2 this long before the time limit: the task requeues itself with what it finished
+    max_num_timeout: int = 3  # requeues after a time limit or preemption (submitit's count), then the task fails
     setup: List[str] = field(default_factory=list)  # shell lines run before each task (module load, ...)
-    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # more #SBATCH options
-    retries: int = 2  # a task killed before its result is submitted again at most this many times
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # any other #SBATCH option, e.g. {gres: ...}
+
+
+SDFLOW_SLURM_OPTIONS = ("cluster", "folder", "workers", "retries")
+EXECUTOR_OPTIONS = ("max_num_timeout",)  # given to submitit's executor when it is made, not per submission
+
+
+def submitit_parameters(options: Dict[str, Any]) -> tuple[Dict[str, Any], Dict[str, Any]]:
+    """(the executor's arguments, its parameters): the launcher's options as submitit's AutoExecutor takes them, its
+    generic names as they are, Slurm's with their ``slurm_`` prefix (which the local executor ignores); unset ones
+    (null, empty) left to Slurm's defaults."""
+    from omegaconf import OmegaConf
+
+    generic = {f.name for f in fields(SubmititResources)}
+    executor, parameters = {}, {}
+    for name, value in options.items():
+        if name in SDFLOW_SLURM_OPTIONS or value is None or value in ([], {}):
+            continue
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        (executor if name in EXECUTOR_OPTIONS else parameters)[name if name in generic else f"slurm_{name}"] = value
+    return executor, parameters
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="sdflow_ray", node=SdflowRayConf, provider="sdflow")
@@ -83,11 +119,6 @@ class SlurmLauncher(RemoteLauncher):
     def make_pool(self):
         from sdflow.run.remote.slurm_pool import SubmititPool
 
-        o = dict(self.options)
-        slurm = {"partition": o.pop("partition"), "account": o.pop("account"), "qos": o.pop("qos"),
-                 "array_parallelism": o.pop("array_parallelism"), "setup": list(o.pop("setup")) or None,
-                 "additional_parameters": dict(o.pop("additional_parameters")) or None}
-        parameters = {"timeout_min": o.pop("timeout_min"), "gpus_per_node": o.pop("gpus_per_node"),
-                      "cpus_per_task": o.pop("cpus_per_task"), "mem_gb": o.pop("mem_gb"), "name": "sdflow",
-                      **{f"slurm_{k}": v for k, v in slurm.items()}}
-        return SubmititPool(o.pop("folder"), o.pop("cluster"), o.pop("workers"), o.pop("retries"), parameters)
+        own = {name: self.options[name] for name in SDFLOW_SLURM_OPTIONS if name in self.options}
+        executor, parameters = submitit_parameters(self.options)
+        return SubmititPool(**own, executor=executor, parameters=parameters)

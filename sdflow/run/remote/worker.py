@@ -140,12 +140,3 @@ def run_unit(jobs: list[Job], max_batch: int, worker: str) -> list[JobOutcome]:
                                    copy.copy(cache.stats), portable(error) if error is not None else None, job.images,
                                    started))
     return outcomes
-
-
-def run_units(units: list[list[Job]], max_batch: int) -> list[JobOutcome]:
-    """A Slurm array task (submitit): its batches, one after the other, in one process with one cache."""
-    import submitit
-
-    env = submitit.JobEnvironment()
-    worker = worker_name(f"slurm task {env.job_id}")
-    return [outcome for jobs in units for outcome in run_unit(jobs, max_batch, worker)]
