@@ -65,7 +65,8 @@ def plan(workflow: Workflow | str | Path | None, config: DictConfig,
     found = find_workflow(workflow, config)
     runtime = config.get("runtime") or {}
     problems = check_runtime(runtime)
-    if hardware and not problems:  # the device first (no model folder opened), its room once the models are known
+    hardware = hardware and not problems
+    if hardware:  # the device first (no model folder opened), its room once the models are known
         problems = check_hardware(runtime)
         hardware = not problems
     unresolved = resolve_interpolations(found, config)
@@ -78,8 +79,8 @@ def plan(workflow: Workflow | str | Path | None, config: DictConfig,
         planned = validate(found)
     except ValidationError as exc:
         raise ValidationError(problems + exc.problems) from None
-    if hardware:
-        problems = check_machine(planned, config)
+    if hardware:  # still asked only when the runtime's values and the device were fine
+        problems = problems + check_machine(planned, config)
     if problems:
         raise ValidationError(problems)
     return planned
