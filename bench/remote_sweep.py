@@ -1,11 +1,13 @@
-"""Time a 16-job tiny sweep on 1 and on 2 Ray actors of a local cluster (CPU), and count each actor's loads.
+"""Time a 16-job tiny sweep on 1 and on 2 workers (Ray actors or Slurm tasks, CPU), and count each one's loads.
 
-    python bench/remote_sweep.py                  # 16 jobs (4 seeds x 4 prompts), tiny model, 20 steps
+    python bench/remote_sweep.py                  # 16 jobs (4 seeds x 4 prompts), tiny model, 20 steps, Ray
     python bench/remote_sweep.py --steps 40 --max-batch 2
+    python bench/remote_sweep.py --cluster slurm  # on the 'debug' partition (bash scripts/slurm-local.sh start)
 
-The sweep runs as ``hydra/launcher=sdflow_ray`` runs it (sdflow.run.remote: the driver groups the jobs into
-batches, actors run them, the driver writes every job's PNG), from the first batch sent to the last PNG
-written, actors' start-up (importing torch, loading the weights) included: that is what a sweep pays.
+The sweep runs as ``hydra/launcher=sdflow_ray`` (a local Ray cluster) or ``sdflow_slurm`` with ``workers=N``
+runs it (sdflow.run.remote: the driver groups the jobs into batches, workers run them, the driver writes
+every job's PNG), from the first batch sent to the last PNG written, workers' start-up (a Slurm task's
+scheduling, importing torch, loading the weights) included: that is what a sweep pays.
 Each is run ``--repeats`` times, alternating, and the best printed (other work on a shared machine only
 ever slows a run down). Also printed: the same jobs on the local fused launcher's path in this process
 (warm imports, cold cache). Pixels are checked equal across the runs.
@@ -40,10 +42,20 @@ def sweep_jobs(steps: int):
     return jobs
 
 
-def on_actors(jobs, max_batch: int, workers: int, folder: Path) -> tuple[float, dict[str, int], dict[int, bytes]]:
-    """(seconds, each actor's component loads, each job's PNG bytes) of the sweep on ``workers`` actors."""
+def worker_pool(cluster: str, workers: int, folder: Path):
+    if cluster == "ray":
+        from sdflow.run.remote.ray_pool import RayPool
+
+        return RayPool(workers=workers)
+    from sdflow.run.remote.slurm_pool import SubmititPool
+
+    return SubmititPool(str(folder / ".submitit" / "%j"), workers=workers, parameters={
+        "slurm_partition": "debug", "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10})
+
+
+def on_workers(jobs, max_batch: int, pool, folder: Path) -> tuple[float, dict[str, int], dict[int, bytes]]:
+    """(seconds, each worker's component loads, each job's PNG bytes) of the sweep on ``pool``."""
     from sdflow.run.remote import RemoteSweep
-    from sdflow.run.remote.ray_pool import RayPool
 
     loads = {}
 
@@ -53,7 +65,7 @@ def on_actors(jobs, max_batch: int, workers: int, folder: Path) -> tuple[float, 
             loads[got.worker.split(" (pid")[0]] = got.cache.loads
             return got
 
-    sweep = Counting(jobs, max_batch, RayPool(workers=workers), progress=False)
+    sweep = Counting(jobs, max_batch, pool, progress=False)
     began = time.perf_counter()
     sweep.start()
     try:
@@ -81,23 +93,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--max-batch", type=int, default=4, help="images per batch (16 jobs: 4 batches of 4)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating; the best is printed")
+    parser.add_argument("--cluster", choices=("ray", "slurm"), default="ray",
+                        help="ray: a local cluster this script starts; slurm: sbatch to the running cluster")
     args = parser.parse_args()
-
-    import ray
-
-    from sdflow.run.remote.ray_pool import connect
 
     jobs = sweep_jobs(args.steps)
     with tempfile.TemporaryDirectory(prefix="sdflow-bench-") as scratch:
-        connect(None)  # a local cluster: this machine's CPUs, loopback only
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        runs: dict[int, list] = {1: [], 2: []}  # actors -> (seconds, loads per actor, PNG bytes) of each run
+        if args.cluster == "ray":
+            import ray
+
+            from sdflow.run.remote.ray_pool import connect
+
+            connect(None)  # a local cluster: this machine's CPUs, loopback only
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+        else:
+            cpus = os.cpu_count()
+        runs: dict[int, list] = {1: [], 2: []}  # workers -> (seconds, loads per worker, PNG bytes) of each run
         try:
             for repeat in range(args.repeats):  # alternating, so a burst of other work hits both alike
                 for workers in runs:
-                    runs[workers].append(on_actors(jobs, args.max_batch, workers, Path(scratch, f"{workers}-{repeat}")))
+                    folder = Path(scratch, f"{workers}-{repeat}")
+                    pool = worker_pool(args.cluster, workers, folder)
+                    runs[workers].append(on_workers(jobs, args.max_batch, pool, folder))
         finally:
-            ray.shutdown()
+            if args.cluster == "ray":
+                ray.shutdown()
         local, pngs_local = in_process(jobs, args.max_batch, Path(scratch, "local"))
     load = os.getloadavg()[0]  # the machine may be shared: other work competes for the same cores
     best = {workers: min(found, key=lambda run: run[0]) for workers, found in runs.items()}
@@ -107,9 +127,10 @@ def main() -> None:
           f"({-(-images // args.max_batch)} batches), CPU fp32, {cpus} CPUs, {os.cpu_count()} cores, load {load:.1f}")
     for workers, (seconds, loads, _) in best.items():
         every = ", ".join(f"{run[0]:.1f}" for run in runs[workers])
-        print(f"  {workers} ray actor{'s' if workers > 1 else ' '}: {seconds:6.1f} s (best of {every})  "
-              f"{images / seconds:5.2f} images/s  loads per actor {loads}")
-    print(f"  speed-up, 2 actors over 1: {best[1][0] / best[2][0]:.2f}x")
+        kind = "ray actor" if args.cluster == "ray" else "slurm task"
+        print(f"  {workers} {kind}{'s' if workers > 1 else ' '}: {seconds:6.1f} s (best of {every})  "
+              f"{images / seconds:5.2f} images/s  loads per worker {loads}")
+    print(f"  speed-up, 2 workers over 1: {best[1][0] / best[2][0]:.2f}x")
     print(f"  local fused launcher path, this process: {local:6.1f} s  {images / local:5.2f} images/s")
     print(f"  same PNG bytes in every run: {same}")
 

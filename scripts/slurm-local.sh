@@ -22,6 +22,14 @@ wait_for() {  # wait_for SECONDS COMMAND...: until COMMAND succeeds
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+fail() {  # fail MESSAGE: say it, with the last lines of every daemon's log, and exit 1
+  echo "slurm-local: $1" >&2
+  for log in "$DIR"/log/*.log; do
+    [ -f "$log" ] && { echo "--- $log" >&2; tail -n 8 "$log" >&2; }
+  done
+  exit 1
+}
+
 start_munge() {
   mkdir -p /run/munge /var/log/munge /var/lib/munge /etc/munge
   [ -s /etc/munge/munge.key ] || dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
@@ -40,7 +48,7 @@ start_accounting() {
   if [ ! -S "$socket" ]; then
     mariadbd --no-defaults --user=root --datadir="$DIR/mysql" --socket="$socket" --bind-address=127.0.0.1 --port=3306 \
       --pid-file="$DIR/run/mysqld.pid" --log-error="$DIR/log/mysqld.log" >/dev/null 2>&1 &
-    wait_for 30 test -S "$socket" || { echo "slurm-local: MariaDB did not start; see $DIR/log" >&2; exit 1; }
+    wait_for 60 test -S "$socket" || fail "MariaDB did not start"
   fi
   mariadb --socket="$socket" -u root -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
     CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'sdflow';
@@ -61,7 +69,7 @@ StoragePass=sdflow
 EOF
   chmod 600 "$DIR/slurmdbd.conf"
   pgrep -x slurmdbd >/dev/null || slurmdbd  # reads slurmdbd.conf beside $SLURM_CONF
-  wait_for 30 port_open 6819 || { echo "slurm-local: slurmdbd did not start; see $DIR/log" >&2; exit 1; }
+  wait_for 60 port_open 6819 || fail "slurmdbd did not start"
 }
 
 write_slurm_conf() {
@@ -108,8 +116,10 @@ EOF
 }
 
 start() {
-  command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v slurmdbd >/dev/null || {
-    echo "slurm-local: Slurm is not installed (apt-get install slurm-wlm slurmdbd munge mariadb-server)" >&2; exit 1; }
+  local tool
+  for tool in slurmctld slurmd slurmdbd munged mariadbd pgrep; do
+    command -v $tool >/dev/null || fail "$tool is not installed (apt-get install slurm-wlm slurmdbd munge mariadb-server procps)"
+  done
   mkdir -p "$DIR"/{state,spool,log,run}
   start_munge
   start_accounting
@@ -123,13 +133,8 @@ start() {
   pgrep -x slurmd >/dev/null || slurmd -f "$CONF"
   node_up() { scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
               sinfo -h -o "%t" | grep -qE "^(idle|mix|alloc)"; }
-  if wait_for 30 node_up; then
-    echo "slurm-local: up ($host, partition debug, accounting on; SLURM_CONF=$CONF)"
-  else
-    echo "slurm-local: the node did not come up; see $DIR/log" >&2
-    sinfo >&2 || true
-    exit 1
-  fi
+  wait_for 60 node_up || fail "the node did not come up: $(sinfo 2>&1 | tr '\n' ' ')"
+  echo "slurm-local: up ($host, partition debug, accounting on; SLURM_CONF=$CONF)"
 }
 
 stop() {

@@ -8,6 +8,7 @@ A session that leaves a new ``sdflow-*`` entry in the system temp folder fails.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -42,11 +43,14 @@ def session_folders(tmp_path_factory):
     """Built-in models and every temporary folder of the session go under pytest's basetemp."""
     home = tmp_path_factory.mktemp("sdflow-home", numbered=False)
     scratch = tmp_path_factory.mktemp("tmp", numbered=False)
-    saved = {key: os.environ.get(key) for key in ("SDFLOW_HOME", "TMPDIR")}
-    os.environ.update(SDFLOW_HOME=str(home), TMPDIR=str(scratch))
+    # Ray keeps its Unix sockets in its temp folder, whose paths hold at most 107 bytes: pytest's run deeper
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    saved = {key: os.environ.get(key) for key in ("SDFLOW_HOME", "TMPDIR", "RAY_TMPDIR")}
+    os.environ.update(SDFLOW_HOME=str(home), TMPDIR=str(scratch), RAY_TMPDIR=ray_tmp)
     tempfile.tempdir = str(scratch)
     yield home
     tempfile.tempdir = None
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -12,7 +12,9 @@ import os
 import re
 import shutil
 import subprocess
+import signal
 import sys
+import time
 from collections import deque
 from pathlib import Path
 
@@ -229,7 +231,8 @@ def test_a_killed_slurm_task_runs_again_and_writes_each_job_once(local_sweep, tm
     sweep = RemoteSweep(jobs, max_batch=4, pool=pool, progress=False)
     sweep.start()
     ((task, _),) = pool.running
-    task.cancel()  # scancel: the task ends without a result
+    for pid in [*descendants(task._process.pid), task._process.pid]:  # scancel -s KILL: no result, whatever its stage
+        os.kill(pid, signal.SIGKILL)  # (a SIGINT, submitit's cancel, can miss a process still starting under load)
     try:
         results = [sweep.run_job(num, tmp_path / "out" / str(num)) for num in range(2)]
     finally:
@@ -281,3 +284,110 @@ def test_retries_end_and_a_late_duplicate_is_not_written_twice(tmp_path):
     assert [p.name for p in again.run_job(0, tmp_path / "0").saved] == ["a_1.png"]
     assert sorted(p.name for p in (tmp_path / "0").glob("*.png")) == ["a.png", "a_1.png"]
     assert Unit(jobs).attempts == 0
+
+
+# A cluster someone else started: `ray start --head` on this machine, joined with hydra.launcher.address=auto --------
+
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: command line} of every process below ``pid`` (from /proc: Ray's workers retitle themselves)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = {}, list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        todo += children.get(child, [])
+    return found
+
+
+def sweep_workers(head: subprocess.Popen) -> dict[int, str]:
+    return {pid: title for pid, title in descendants(head.pid).items() if title.startswith("ray::SweepWorker")}
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"waited {timeout} s for {what}")
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head` on 127.0.0.1 as a user would start it, its address recorded where `auto` finds it (in
+    the session's RAY_TMPDIR: see conftest)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}  # loopback only
+    ray_command = Path(sys.executable).with_name("ray")
+    log_path = tmp_path_factory.mktemp("ray-head") / "head.log"
+    log = open(log_path, "w")
+    head = subprocess.Popen([str(ray_command), "start", "--head", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    recorded = Path(os.environ["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
+
+    def stop():
+        head.terminate()  # --block: stops the processes it started
+        head.wait(timeout=60)
+        log.close()
+        if recorded.exists() and recorded.read_text().strip() == f"127.0.0.1:{port}":
+            recorded.unlink()
+
+    try:
+        wait_for(lambda: recorded.exists() and recorded.read_text().strip() == f"127.0.0.1:{port}", 90, "ray start")
+    except AssertionError as exc:
+        stop()
+        raise AssertionError(f"{exc}; ray start printed: {log_path.read_text()[-3000:]}") from None
+    yield head
+    stop()
+
+
+ON_RAY_HEAD = ["hydra/launcher=sdflow_ray", "hydra.launcher.address=auto", "hydra.launcher.workers=2"]
+
+
+def sdflow_in_background(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sdflow.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_sweep_joins_a_running_cluster_and_a_worker_killed_mid_batch_loses_nothing(ray_head, local_sweep, tmp_path):
+    run = sdflow_in_background(tmp_path, *SWEEP, "hydra.sweep.dir=out", *ON_RAY_HEAD)
+    (victim,) = wait_for(lambda: [pid for pid, title in sweep_workers(ray_head).items()
+                                  if title.startswith("ray::SweepWorker.run")][:1], 120, "a worker running a batch")
+    os.kill(victim, signal.SIGKILL)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    assert re.search(r"ray worker \d died .*running them again \(try 2 of 3\)", out + err)
+    assert_same_sweep(tmp_path / "out", local_sweep)  # the lost batch ran again: the same pixels, each job once
+    wait_for(lambda: sweep_workers(ray_head) == {}, 30, "the sweep's workers to be stopped")  # sdflow's actors go
+    assert ray_head.poll() is None  # the cluster stays
+
+
+def test_ctrl_c_on_a_sweep_on_a_running_cluster_lists_what_was_saved_and_stops_its_workers(ray_head, tmp_path):
+    run = sdflow_in_background(tmp_path, "-m", "model=tiny", "steps=100", "seed=0,1,2,3,4,5,6,7", "runtime.max_batch=1",
+                               "hydra.sweep.dir=out", *ON_RAY_HEAD)
+    wait_for(lambda: list((tmp_path / "out").glob("*/*.png")), 120, "the first image")
+    assert len(sweep_workers(ray_head)) == 2
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    saved = sorted((tmp_path / "out").glob("*/*.png"))
+    assert f"sdflow: interrupted; {len(saved)} image(s) were saved before it" in err and len(saved) < 8
+    assert all(str(path) in err for path in saved)
+    wait_for(lambda: sweep_workers(ray_head) == {}, 30, "the sweep's workers to be stopped")
+    assert ray_head.poll() is None

@@ -9,6 +9,7 @@ Skipped, saying why, where no Slurm runs.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,8 +31,17 @@ def slurm_problem() -> str | None:
         return "Slurm is not installed (apt-get install slurm-wlm slurmdbd munge mariadb-server; .ci/run does)"
     state = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%t"], capture_output=True, text=True)
     if state.returncode != 0 or not re.search(r"idle|mix|alloc", state.stdout):
-        return f"no Slurm cluster with an up 'debug' partition (bash scripts/slurm-local.sh start): {state.stderr.strip()}"
+        return (f"no Slurm cluster with an up 'debug' partition (bash scripts/slurm-local.sh start): sinfo said "
+                f"{(state.stdout + state.stderr).strip()!r}{slurm_local_logs()}")
     return None
+
+
+def slurm_local_logs() -> str:
+    """The last lines of each log scripts/slurm-local.sh left, if it ran: why its cluster is not up."""
+    logs = Path(os.environ.get("SDFLOW_SLURM_DIR", "/tmp/sdflow-slurm")) / "log"
+    tails = [f"{log.name}: {' | '.join(log.read_text(errors='replace').splitlines()[-5:])}"
+             for log in sorted(logs.glob("*.log"))]
+    return f"; slurm-local's logs ({logs}): " + "; ".join(tails) if tails else ""
 
 
 @pytest.fixture(scope="module", autouse=True)

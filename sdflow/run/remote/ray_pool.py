@@ -46,12 +46,29 @@ def loopback_only() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+def resolve(address: str | None) -> str | None:
+    """``auto`` as Ray resolves it (RAY_ADDRESS, else the cluster the last ``ray start`` here recorded), so that a
+    cluster on 127.0.0.1 is known to be one before connecting; anything else as given. (ray.init is still given
+    ``auto``: only then does it read the cluster's token, ~/.ray/auth_token.)"""
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import get_ray_address_from_environment  # Ray's own lookup (no public one)
+
+        return get_ray_address_from_environment("auto", None) or address
+    except Exception:  # noqa: BLE001  (no recorded cluster, or Ray moved it: ray.init resolves "auto" itself)
+        return address
+
+
 def connect(address: str | None) -> bool:
     """Connect this process to Ray (``None``: start a local cluster); True when it started one.
 
-    A process already connected (a test's cluster, a notebook's) keeps its connection.
+    A process already connected (a test's cluster, a notebook's) keeps its connection. A cluster on 127.0.0.1 (one
+    sdflow starts, or ``ray start --head`` on a machine with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is reached there:
+    Ray would otherwise rewrite 127.0.0.1 to the machine's network address, where such a cluster does not listen.
     """
-    if address is None or address.split(":")[0] in ("127.0.0.1", "localhost"):
+    resolved = resolve(address)
+    if resolved is None or resolved.split(":")[0] in ("127.0.0.1", "localhost"):
         loopback_only()
     import ray
 
