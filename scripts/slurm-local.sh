@@ -14,10 +14,14 @@ DIR=${SDFLOW_SLURM_DIR:-/tmp/sdflow-slurm}
 CONF="$DIR/slurm.conf"
 export SLURM_CONF="$CONF"
 
-wait_for() {  # wait_for SECONDS COMMAND...: until COMMAND succeeds
-  local seconds=$1; shift
-  for _ in $(seq 1 $((seconds * 4))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
-  return 1
+wait_for() {  # wait_for SECONDS COMMAND...: until COMMAND succeeds, for SECONDS of wall time at most (or it exits 99)
+  local deadline=$((SECONDS + $1)) status; shift
+  while true; do
+    status=0; "$@" >/dev/null 2>&1 || status=$?
+    [ "$status" = 0 ] && return 0
+    [ "$status" = 99 ] || [ "$SECONDS" -ge "$deadline" ] && return 1
+    sleep 0.25
+  done
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -35,7 +39,13 @@ start_munge() {
   [ -s /etc/munge/munge.key ] || dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
   chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
   chmod 400 /etc/munge/munge.key
-  pgrep -x munged >/dev/null || su -s /bin/sh munge -c "munged --force" 2>/dev/null || munged --force
+  local socket=/run/munge/munge.socket.2
+  if ! [ -S "$socket" ] || ! munge -n >/dev/null 2>&1; then  # (a munged still stopping counts as none)
+    wait_for 10 sh -c "! pgrep -x munged" || pkill -9 -x munged || true
+    su -s /bin/sh munge -c "munged --force" 2>>"$DIR/log/munged-start.log" ||
+      munged --force 2>>"$DIR/log/munged-start.log" || true
+  fi
+  wait_for 20 sh -c "munge -n | unmunge" || fail "munged did not start (every daemon authenticates through it)"
 }
 
 start_accounting() {
@@ -131,8 +141,9 @@ start() {
   sacctmgr -i add cluster sdflow >/dev/null 2>&1 || true
   pgrep -x slurmctld >/dev/null || slurmctld -f "$CONF"
   pgrep -x slurmd >/dev/null || slurmd -f "$CONF"
-  node_up() { scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
-              sinfo -h -o "%t" | grep -qE "^(idle|mix|alloc)"; }
+  node_up() { pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null || return 99  # a daemon gave up: no wait
+              timeout 10 scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
+              timeout 10 sinfo -h -o "%t" | grep -qE "^(idle|mix|alloc)"; }
   wait_for 60 node_up || fail "the node did not come up: $(sinfo 2>&1 | tr '\n' ' ')"
   echo "slurm-local: up ($host, partition debug, accounting on; SLURM_CONF=$CONF)"
 }
