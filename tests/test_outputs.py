@@ -188,8 +188,27 @@ def test_the_manifest_is_written_when_the_run_starts(tmp_path, monkeypatch):
 
 # --- out of memory: smaller batches, the same pixels ------------------------------------------------------
 
-def oom_when(monkeypatch, cls, too_big):
-    """Make ``cls.forward``/``decode`` raise CUDA's out-of-memory error whenever ``too_big(tensor)``."""
+def cuda_oom():
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+
+
+# Every form a device running out of memory takes, as torch raises them (messages from torch 2.x and its CUDA libraries)
+OUT_OF_MEMORY_FORMS = {
+    "torch.OutOfMemoryError": cuda_oom,
+    "CUDA, as a RuntimeError": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB "
+                                                    "total capacity; 5.10 GiB already allocated)"),
+    "CUDA error": lambda: RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    "cuDNN": lambda: RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    "cuBLAS": lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    "MPS": lambda: RuntimeError("MPS backend out of memory (MPS allocated: 17.04 GB, other allocations: 1.2 GB)"),
+    "CPU allocator": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough "
+                                          "memory: you tried to allocate 21474836480 bytes."),
+    "MemoryError": lambda: MemoryError(),
+}
+
+
+def oom_when(monkeypatch, cls, too_big, error=cuda_oom):
+    """Make ``cls.forward``/``decode`` raise ``error()`` (CUDA's out-of-memory error) whenever ``too_big(tensor)``."""
     import diffusers
 
     name = "forward" if cls is diffusers.UNet2DConditionModel else "decode"
@@ -197,10 +216,44 @@ def oom_when(monkeypatch, cls, too_big):
 
     def limited(self, sample, *args, **kwargs):
         if too_big(sample):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+            raise error()
         return original(self, sample, *args, **kwargs)
 
     monkeypatch.setattr(cls, name, limited)
+
+
+def test_is_out_of_memory_knows_every_form_and_nothing_else():
+    from sdflow.nodes.memory import is_out_of_memory
+
+    for form, error in OUT_OF_MEMORY_FORMS.items():
+        assert is_out_of_memory(error()), form
+        wrapped = RuntimeError("node 'denoise' failed")
+        wrapped.__cause__ = error()
+        assert is_out_of_memory(wrapped), form
+    for other in (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), ValueError("CUDA out of memory"),
+                  RuntimeError("Expected all tensors to be on the same device")):
+        assert not is_out_of_memory(other)
+
+
+@pytest.mark.parametrize("form", sorted(OUT_OF_MEMORY_FORMS))
+def test_each_form_of_out_of_memory_splits_the_batch_and_decodes_in_tiles(tmp_path, monkeypatch, form):
+    import diffusers
+
+    args = TINY + ["steps=2", "seed=[1,2]", NO_REUSE]
+    oom_when(monkeypatch, diffusers.UNet2DConditionModel, lambda sample: sample.shape[0] > 2, OUT_OF_MEMORY_FORMS[form])
+    oom_when(monkeypatch, diffusers.AutoencoderKL, lambda z: True, OUT_OF_MEMORY_FORMS[form])
+    result = run_workflow("text2img", args, output_dir=tmp_path)
+    assert [f.kind for f in result.record.fallbacks] == ["batch_split", "batch_split", "tiled_decode", "tiled_decode"]
+    assert len(result.saved) == 2
+
+
+def test_an_error_that_is_not_out_of_memory_is_not_retried(tmp_path, monkeypatch):
+    import diffusers
+
+    oom_when(monkeypatch, diffusers.UNet2DConditionModel, lambda sample: sample.shape[0] > 2,
+             lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied (simulated)"))
+    with pytest.raises(NodeRunError, match="node 'denoise'.*mat1 and mat2"):
+        run_workflow("text2img", TINY + ["steps=2", "seed=[1,2]", NO_REUSE], output_dir=tmp_path)
 
 
 def test_an_out_of_memory_denoise_batch_is_split_with_the_same_pixels(tmp_path, monkeypatch):

@@ -53,6 +53,8 @@ class RunContext:
     progress: bool = True
     record: RunRecord = field(default_factory=RunRecord)
     compile: bool | str = False  # runtime.compile: loaders hand out compiled modules (compiled once per process)
+    vae_slicing: bool = False  # runtime.vae_slicing: a batch encoded/decoded one image at a time (diffusers' slicing)
+    vae_tiling: bool = False  # runtime.vae_tiling: large images encoded/decoded in overlapping tiles (diffusers' tiling)
     output_cache: OutputCache | None = None  # None: every node runs (runtime.output_cache=false)
     # what a node's outputs depend on besides its parameters and inputs (the files they name), for its cache key;
     # it may raise OSError (a file gone): the node is then not reused
@@ -175,7 +177,7 @@ def execute(plan: Plan, ctx: RunContext, given: dict[str, dict[str, Any]] | None
     ctx.plan, ctx.results = plan, given
     ctx.per_image = per_image_values(plan)
     keys: dict[str, str | None] = dict.fromkeys(given)
-    readers, runtime = _readers(plan), (ctx.device, ctx.dtype, str(ctx.compile))
+    readers, runtime = _readers(plan), (ctx.device, ctx.dtype, str(ctx.compile), ctx.vae_slicing, ctx.vae_tiling)
     for node_id in order:
         planned = plan.nodes[node_id]
         keys[node_id] = key = (_key(plan, node_id, keys, readers, runtime, ctx.fingerprint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -60,8 +61,10 @@ class Plan:
 class CheckContext:
     """Handed to a node's static check: report problems against this node's fields."""
 
-    def __init__(self, workflow: Workflow, node_id: str, problems: list[Problem], plan_nodes: dict[str, PlannedNode]):
+    def __init__(self, workflow: Workflow, node_id: str, problems: list[Problem], plan_nodes: dict[str, PlannedNode],
+                 runtime: Mapping | None = None):
         self.workflow = workflow
+        self.runtime = runtime or {}  # the config's runtime group: the limits a check holds values to (max_pixels)
         self.node_id = node_id
         self._problems = problems
         self._nodes = plan_nodes
@@ -196,8 +199,9 @@ def _suggest(word: str, options) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) -> Plan:
-    """Check ``workflow`` (interpolations already resolved) and return its Plan, or raise ValidationError."""
+def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None, runtime: Mapping | None = None) -> Plan:
+    """Check ``workflow`` (interpolations already resolved) and return its Plan, or raise ValidationError.
+    ``runtime``: the config's runtime group, which node checks read their limits from (CheckContext.runtime)."""
     registry = REGISTRY if registry is None else registry
     problems: list[Problem] = []
     planned: dict[str, PlannedNode] = {}
@@ -270,7 +274,7 @@ def validate(workflow: Workflow, registry: dict[str, NodeSpec] | None = None) ->
 
     problems.extend(_writes_nothing(workflow, registry, planned))
     order, cyclic = _order(workflow, graph, problems)
-    _run_checks(workflow, planned, graph, [n for n in order if n in planned], unsound | cyclic, problems)
+    _run_checks(workflow, planned, graph, [n for n in order if n in planned], unsound | cyclic, problems, runtime)
     if problems:
         raise ValidationError(problems)
     return Plan(workflow, planned, order, graph)
@@ -314,7 +318,7 @@ def _order(workflow: Workflow, graph: nx.MultiDiGraph, problems: list[Problem]) 
 
 
 def _run_checks(workflow: Workflow, planned: dict[str, PlannedNode], graph: nx.MultiDiGraph, order: list[str],
-                skip: set[str], problems: list[Problem]) -> None:
+                skip: set[str], problems: list[Problem], runtime: Mapping | None = None) -> None:
     """Static checks: cheap facts (model configs, sizes) flow along the edges before anything loads.
 
     A node is checked when its own declaration is sound and every node it reads passed; otherwise its
@@ -335,7 +339,7 @@ def _run_checks(workflow: Workflow, planned: dict[str, PlannedNode], graph: nx.M
         inputs_meta = dict.fromkeys(pn.spec.inputs)
         inputs_meta.update({name: planned[ref.node].meta.get(ref.output) for name, ref in pn.inputs.items()})
         before = len(problems)
-        ctx = CheckContext(workflow, node_id, problems, planned)
+        ctx = CheckContext(workflow, node_id, problems, planned, runtime)
         ctx.used_outputs = {data["output"] for _, _, data in graph.out_edges(node_id, data=True)}
         pn.meta = _checked_facts(pn.spec, pn.spec.check(pn.params, inputs_meta, ctx))
         if len(problems) > before:

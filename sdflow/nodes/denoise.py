@@ -17,7 +17,7 @@ import inspect
 from dataclasses import replace
 
 from ..engine import Input, Param, RunContext, node
-from .memory import free_memory, record_fallback, rows
+from .memory import free_memory, is_out_of_memory, record_fallback, rows
 from .types import (CONDITION, EMBEDDINGS, GUIDANCE, LATENTS, SCHEDULER, UNET, Condition, ConditionFacts,
                     EmbeddingFacts, Embeddings, GuidanceFacts, GuidanceRule, LatentFacts, Latents)
 from .records import Denoising
@@ -224,8 +224,8 @@ def sample_in_halves(ctx: RunContext, unet, scheduler, embeddings: Embeddings, l
     states = [generator.get_state() for generator in latents.generators]
     try:
         return sample(ctx, unet, scheduler, embeddings, latents, condition, guidance_rule, guidance, **settings)
-    except torch.OutOfMemoryError:
-        if batch == 1:
+    except Exception as exc:  # noqa: BLE001 (every form of out of memory; anything else goes on up)
+        if batch == 1 or not is_out_of_memory(exc):
             raise
     # (retried out of the except block, so the failed try's tensors are already released)
     for generator, state in zip(latents.generators, states):

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..engine import Input, Param, RunContext, node
-from .images import pixels_to_pil
+from .images import check_image_file, pixels_to_pil
 from .types import (CONDITION, DEPTH_ESTIMATOR, IMAGE, IMAGE_PROCESSOR, LATENTS, Condition, ConditionFacts, Images,
                     Latents)
 
@@ -40,13 +40,7 @@ def read_depth_map(path: str) -> torch.Tensor:
 
 def check_depth_condition(params, inputs_meta, ctx):
     if params["depth_map"] is not None:
-        try:
-            with Image.open(Path(params["depth_map"]).expanduser()) as img:
-                img.verify()
-        except FileNotFoundError:
-            ctx.problem("depth_map", f"depth map file '{params['depth_map']}' does not exist")
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            ctx.problem("depth_map", f"'{params['depth_map']}' is not a readable image ({exc})")
+        check_image_file(ctx, "depth_map", params["depth_map"], "depth map")
     elif ctx.source_of("depth_estimator") is None or ctx.source_of("feature_extractor") is None:
         ctx.problem("depth_estimator", "no depth to condition on: wire depth_estimator and feature_extractor from a "
                     "depth model's load_model, or give a depth map file (depth_map)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,7 +11,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..engine import Input, Param, RunContext, node
-from .memory import free_memory, record_fallback
+from .memory import free_memory, is_out_of_memory, record_fallback
 from .types import (SEEDS, IMAGE, LATENTS, VAE, ImageFacts, Images, LatentFacts, Latents, all_finite, check_seed_batch,
                     generators_for, seeds_list)
 from .records import Seeds
@@ -66,20 +68,65 @@ def to_rgb(image: Image.Image, sixteen_bit: bool = False) -> Image.Image:
     return image.convert("RGB")
 
 
-def check_load_image(params, inputs_meta, ctx):
-    path = Path(params["path"]).expanduser()
+DEFAULT_MAX_PIXELS = 4096 * 4096  # runtime.max_pixels: SDXL's 1024x1024 upscaled x4, with room to spare
+
+
+def max_pixels(runtime) -> int | None:
+    """The most pixels an input image or an output size may have (runtime.max_pixels; null: no limit)."""
+    return runtime.get("max_pixels", DEFAULT_MAX_PIXELS)
+
+
+def over_max_pixels(ctx, field_name: str, width: int, height: int, what: str) -> bool:
+    """Report ``what`` of width x height when it is over runtime.max_pixels, saying how to raise it."""
+    cap = max_pixels(ctx.runtime)
+    if cap is None or width * height <= cap:
+        return False
+    ctx.problem(field_name, f"{what} is {width}x{height} ({width * height:,} pixels), over the limit of {cap:,} pixels "
+                f"(runtime.max_pixels, {int(cap ** 0.5)}x{int(cap ** 0.5)}); make it smaller, or raise the limit: "
+                f"runtime.max_pixels={width * height}")
+    return True
+
+
+def check_image_file(ctx, field_name: str, given: str, what: str = "image") -> tuple[int, int] | None:
+    """The upright (width, height) of an input image file, or None with the problem reported. Before anything
+    loads: the file exists, is no larger than runtime.max_pixels (read from its header, before any pixel is
+    decoded: a 20000x20000 PNG bomb costs nothing), and decodes whole (a truncated JPEG is found here, not after
+    the run folder exists). JPEGs decode at 1/8 scale for that (libjpeg still reads every byte)."""
+    path = Path(given).expanduser()
     if not path.exists():
-        ctx.problem("path", f"image file '{params['path']}' does not exist")
-        return {}
+        ctx.problem(field_name, f"{what} file '{given}' does not exist")
+        return None
     try:
         with Image.open(path) as img:
-            img.verify()
+            width, height = img.size
+        if over_max_pixels(ctx, field_name, width, height, f"'{given}'"):
+            return None
         with Image.open(path) as img:
-            size = img.size[::-1] if img.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED else img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        ctx.problem("path", f"'{params['path']}' is not a readable image ({exc})")
+            img.verify()  # (PNG: every chunk's checksum)
+        with Image.open(path) as img:
+            img.draft("RGB", (max(width // 8, 1), max(height // 8, 1)))
+            img.load()
+            transposed = img.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED  # (a PNG's EXIF may follow its pixels)
+    except Image.DecompressionBombError as exc:  # over PIL's own bound, which it holds while reading the header
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "more pixels than PIL opens"
+        ctx.problem(field_name, f"'{given}' has {pixels}, over the limit of {max_pixels(ctx.runtime) or 0:,} pixels "
+                    f"(runtime.max_pixels, and PIL's own bound against decompression bombs): give a smaller image")
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        ctx.problem(field_name, f"'{given}' is not a readable {what} ({exc})")
+        return None
+    return (height, width) if transposed else (width, height)
+
+
+def check_load_image(params, inputs_meta, ctx):
+    size = check_image_file(ctx, "path", params["path"])
+    if size is None:
         return {}
-    return {"image": ImageFacts(width=params["width"] or size[0], height=params["height"] or size[1], count=1)}
+    width, height = params["width"] or size[0], params["height"] or size[1]
+    if (params["width"] or params["height"]) and over_max_pixels(ctx, "width", width, height, "the resized image"):
+        return {}
+    return {"image": ImageFacts(width=width, height=height, count=1)}
 
 
 @node(
@@ -136,7 +183,7 @@ def encode_image(ctx: RunContext, vae, image: Images, seed, batch_size: int):
     processor = VaeImageProcessor(vae_scale_factor=factor)
     normalized = processor.preprocess(pixels).to(device=ctx.device, dtype=vae.dtype)
     generators = generators_for(seeds, "cpu")
-    with torch.no_grad():
+    with torch.no_grad(), vae_modes(ctx, vae):
         samples = torch.cat([
             vae.encode(normalized[i : i + 1]).latent_dist.sample(generators[i]) for i in range(len(seeds))
         ])
@@ -168,12 +215,27 @@ def check_decode(params, inputs_meta, ctx):
 def decode(ctx: RunContext, vae, latents: Latents):
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), vae_modes(ctx, vae):
         decoded = decode_in_halves(ctx, vae, latents.samples.to(vae.dtype) / vae.config.scaling_factor)
         if vae.dtype != torch.float32 and not all_finite(decoded) and all_finite(latents.samples):
             decoded = decode_in_float32(ctx, vae, latents.samples)
     pixels = (decoded / 2 + 0.5).clamp(0, 1)
     return {"image": Images(pixels, list(latents.seeds))}
+
+
+@contextlib.contextmanager
+def vae_modes(ctx: RunContext, vae):
+    """The cached VAE with runtime.vae_slicing and vae_tiling set for this node's encode or decode, as diffusers'
+    enable_vae_slicing / enable_vae_tiling set them, and put back after: the VAE is shared with other runs."""
+    if not hasattr(vae, "use_tiling"):  # (a VAE class without the modes)
+        yield vae
+        return
+    kept = vae.use_slicing, vae.use_tiling
+    vae.use_slicing, vae.use_tiling = ctx.vae_slicing, ctx.vae_tiling
+    try:
+        yield vae
+    finally:
+        vae.use_slicing, vae.use_tiling = kept
 
 
 def decode_in_float32(ctx: RunContext, vae, samples: torch.Tensor) -> torch.Tensor:
@@ -199,8 +261,8 @@ def decode_in_halves(ctx: RunContext, vae, z: torch.Tensor) -> torch.Tensor:
     batch = z.shape[0]
     try:
         return vae.decode(z, return_dict=False)[0]
-    except torch.OutOfMemoryError:
-        if batch == 1 and not hasattr(vae, "tiled_decode"):
+    except Exception as exc:  # noqa: BLE001 (every form of out of memory; anything else goes on up)
+        if not is_out_of_memory(exc) or (batch == 1 and not hasattr(vae, "tiled_decode")):
             raise
     # (retried out of the except block, so the failed try's tensors are already released)
     free_memory()
@@ -223,7 +285,9 @@ def decode_in_tiles(ctx: RunContext, vae, z: torch.Tensor) -> torch.Tensor:
             vae.tile_latent_min_size, vae.tile_sample_min_size = tile, tile * factor
             try:
                 decoded = vae.tiled_decode(z, return_dict=False)[0]
-            except torch.OutOfMemoryError:
+            except Exception as exc:  # noqa: BLE001
+                if not is_out_of_memory(exc):
+                    raise
                 decoded = None
             if decoded is not None:
                 record_fallback(ctx, "tiled_decode", f"out of memory decoding one {z.shape[-1] * factor}x{z.shape[-2] * factor} "

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from ..engine import Input, Param, RunContext, node
 from .types import SEEDS, LATENTS, VAE, LatentFacts, Latents, check_seed_batch, generators_for, seeds_list
+from .images import over_max_pixels
 from .records import Seeds
 
 
 def check_init_latents(params, inputs_meta, ctx):
     vae = inputs_meta["vae"]
     check_seed_batch(params, ctx)
+    over_max_pixels(ctx, "width", params["width"], params["height"], "the output size")
     count = len(seeds_list(params["seed"], params["batch_size"]))
     if vae is None:
         return {"latents": LatentFacts(kind="noise", count=count)}

@@ -34,14 +34,24 @@ def rows(tensor, start: int, stop: int, batch: int):
     return tensor if tensor is None or batch == 1 or tensor.shape[0] != batch else tensor[start:stop]
 
 
-# How allocation failures read when they do not arrive as torch.OutOfMemoryError: CUDA's own message raised as a
-# RuntimeError (older paths, custom kernels), cuDNN's and cuBLAS's workspace allocations.
-OUT_OF_MEMORY_MESSAGES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+# How a device running out of memory reads when it does not arrive as torch.OutOfMemoryError: CUDA's and ROCm's
+# message raised as a RuntimeError (older paths, custom kernels, CUDA errors reported later), cuDNN's and
+# cuBLAS's workspace allocations, Apple's MPS backend, and the CPU allocator (a CPU run, or offloaded weights).
+OUT_OF_MEMORY_MESSAGES = (
+    "CUDA out of memory", "CUDA error: out of memory", "HIP out of memory", "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED", "MPS backend out of memory", "DefaultCPUAllocator: can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error``, or the exception it was raised from, is a device running out of memory."""
+    """Whether ``error``, or the exception it was raised from, is a device or the host running out of memory:
+    the one test behind every out-of-memory fallback (batch halves, tiled decode, a fused batch split)."""
     import torch
 
-    cause = error.__cause__ or error
-    return isinstance(cause, torch.OutOfMemoryError) or any(m in str(cause) for m in OUT_OF_MEMORY_MESSAGES)
+    for candidate in (error, error.__cause__):
+        if isinstance(candidate, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(candidate, RuntimeError) and any(m in str(candidate) for m in OUT_OF_MEMORY_MESSAGES):
+            return True
+    return False

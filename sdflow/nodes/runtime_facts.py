@@ -24,11 +24,17 @@ def check_runtime(runtime: Mapping) -> list[Problem]:
     """What is wrong with the values of ``runtime`` (the config's runtime group), on any machine."""
     problems: list[Problem] = []
     device, dtype = str(runtime.get("device", "cpu")), str(runtime.get("dtype", "float32"))
+    for mode in ("vae_slicing", "vae_tiling"):
+        if not isinstance(runtime.get(mode, False), bool):
+            _problem(problems, mode, f"expected true or false, given {runtime.get(mode)!r}")
     if not isinstance(runtime.get("output_cache", True), bool):
         _problem(problems, "output_cache", f"expected true or false, given {runtime.get('output_cache')!r}")
     budget = runtime.get("output_cache_mb")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
         _problem(problems, "output_cache_mb", f"expected a number of MiB >= 0 (or null: no bound), given {budget!r}")
+    cap = runtime.get("max_pixels")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 64 * 64):
+        _problem(problems, "max_pixels", f"expected a number of pixels >= 4096 (64x64), or null: no limit; given {cap!r}")
     if dtype not in DTYPES:
         _problem(problems, "dtype", f"expected one of {', '.join(DTYPES)}, given {dtype!r}")
     kind, _, index = device.partition(":")

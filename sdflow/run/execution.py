@@ -91,12 +91,15 @@ def run_context(plan: Plan, config: DictConfig, cache: ComponentCache | None = N
     """
     runtime = config.get("runtime") or {}
     device, dtype = str(runtime.get("device", "cpu")), str(runtime.get("dtype", "float32"))
+    vae_modes = {mode: bool(runtime.get(mode, False)) for mode in ("vae_slicing", "vae_tiling")}
     ctx = RunContext(cache=cache if cache is not None else process_cache(), device=device, dtype=dtype,
                      progress=progress, compile=runtime_compile(runtime), output_cache=output_cache(runtime),
-                     fingerprint=stamps)
+                     fingerprint=stamps, **vae_modes)
+    # (attention: diffusers' default processors call torch's scaled_dot_product_attention, which picks its kernel)
+    recorded = {"device": device, "dtype": dtype, "attention": "sdpa",
+                **{mode: True for mode, on in vae_modes.items() if on}}
     ctx.record = RunRecord(workflow_file=plan.workflow.path, workflow_yaml=resolved_workflow_yaml(plan),
-                           versions=dict(versions()), runtime={"device": device, "dtype": dtype},
-                           warnings=prompt_warnings(config, plan))
+                           versions=dict(versions()), runtime=recorded, warnings=prompt_warnings(config, plan))
     every = int(config.get("preview_every") or 0)
     if every or on_preview is not None:
         ctx.on_step = step_callback(ctx, every, bool(config.get("preview_exact")), on_preview)

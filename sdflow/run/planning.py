@@ -76,7 +76,7 @@ def plan(workflow: Workflow | str | Path | None, config: DictConfig,
     if screened:
         raise ValidationError(problems + screened)
     try:
-        planned = validate(found)
+        planned = validate(found, runtime=runtime)
     except ValidationError as exc:
         raise ValidationError(problems + exc.problems) from None
     if hardware:  # still asked only when the runtime's values and the device were fine
