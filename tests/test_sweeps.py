@@ -225,3 +225,21 @@ def test_runtime_compile_compiles_the_unet_and_decoder_once_for_every_batch_and_
     run_sweep(Sweep(jobs, max_batch=8), tmp_path / "b", cache)
     assert sorted(compiled) == ["Decoder", "UNet2DConditionModel"]
     assert any(key[-1] == "compiled" for key in cache.keys())
+
+
+def test_a_batch_sent_to_a_worker_keeps_one_seed_per_image(tmp_path):
+    # A prompt sweep at one seed, as a Ray or Slurm worker gets it (pickled): each image keeps its own seed. (The
+    # unpickled seeds type was once another object than SEEDS, equal seeds collapsed into one image, and every
+    # batch failed and ran job by job.)
+    import pickle
+
+    from sdflow.nodes.types import SEEDS
+    from sdflow.run.sweep import merged_plan
+
+    jobs = jobs_for([BASE + ["seed=0", f"prompt={p}"] for p in ("a red circle", "a blue square", "a green square")])
+    sent = pickle.loads(pickle.dumps(jobs))
+    assert sent[0].plan.nodes["noise"].spec.params["seed"].type is SEEDS
+    assert merged_plan(sent).nodes["noise"].params["seed"] == [0, 0, 0]
+    results = run_sweep(Sweep(sent, max_batch=8), tmp_path, ComponentCache())
+    assert all(len(results[num].saved) == 1 for num in range(3))
+    assert metadata(results[0].saved[0])["batch"] == {"jobs": [0, 1, 2], "images": 3}  # fused, not job by job

@@ -51,8 +51,26 @@ class ValueType:
     check: Callable[[Any], str | None]
     whole_list: bool = False
 
+    def __post_init__(self):
+        _VALUE_TYPES.setdefault(self.name, self)
+
     def __str__(self) -> str:
         return self.name
+
+    def __reduce__(self):
+        # Unpickled (a plan sent to a Ray or Slurm worker) as this process's own instance: code asks `is SEEDS`
+        return _value_type, (self.name, self.description, self.check, self.whole_list)
+
+
+_VALUE_TYPES: dict[str, ValueType] = {}  # each ValueType by name, the first made
+
+
+def _value_type(name: str, description: str, check: Callable[[Any], str | None], whole_list: bool) -> ValueType:
+    """The ValueType this process has under ``name`` if it is the same one, else a new one."""
+    known = _VALUE_TYPES.get(name)
+    if known is not None and (known.description, known.check, known.whole_list) == (description, check, whole_list):
+        return known
+    return ValueType(name, description, check, whole_list)
 
 
 @dataclass(frozen=True)
