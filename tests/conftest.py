@@ -45,8 +45,9 @@ def session_folders(tmp_path_factory):
     scratch = tmp_path_factory.mktemp("tmp", numbered=False)
     # Ray keeps its Unix sockets in its temp folder, whose paths hold at most 107 bytes: pytest's run deeper
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    saved = {key: os.environ.get(key) for key in ("SDFLOW_HOME", "TMPDIR", "RAY_TMPDIR")}
-    os.environ.update(SDFLOW_HOME=str(home), TMPDIR=str(scratch), RAY_TMPDIR=ray_tmp)
+    saved = {key: os.environ.get(key) for key in ("SDFLOW_HOME", "TMPDIR", "RAY_TMPDIR", "TORCHINDUCTOR_CACHE_DIR")}
+    os.environ.update(SDFLOW_HOME=str(home), TMPDIR=str(scratch), RAY_TMPDIR=ray_tmp,
+                      TORCHINDUCTOR_CACHE_DIR=str(scratch / "inductor"))  # (else /tmp/torchinductor_USER, kept)
     tempfile.tempdir = str(scratch)
     yield home
     tempfile.tempdir = None

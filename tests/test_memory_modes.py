@@ -64,9 +64,43 @@ def test_vae_slicing_decodes_one_image_at_a_time_with_the_same_pixels(sd_pipe, t
     assert not vae.use_slicing and not vae.use_tiling
 
 
-@pytest.mark.parametrize("mode", ["vae_slicing", "vae_tiling"])
+@pytest.mark.parametrize("mode", ["vae_slicing", "vae_tiling", "attention_slicing"])
 def test_a_mode_that_is_not_true_or_false_is_refused_before_anything_loads(tmp_path, mode):
     assert check_runtime({mode: "maybe"})[0].field == f"runtime.{mode}"
     with pytest.raises(ValidationError, match=f"runtime\\.{mode}"):
         run_workflow("text2img", ["model=tiny", f"runtime.{mode}=maybe"], output_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("slicing", ["max", 2])
+def test_attention_slicing_matches_diffusers_and_puts_the_unets_processors_back(sd_pipe, tmp_path, monkeypatch, slicing):
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    sliced_calls = []
+    original = SlicedAttnProcessor.__call__
+
+    def counting(self, *args, **kwargs):
+        sliced_calls.append(self.slice_size)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SlicedAttnProcessor, "__call__", counting)
+    cache = ComponentCache()
+    base = ["model=tiny", f"prompt={PROMPT}", "seed=6", "steps=2", "runtime.output_cache=false"]
+    result = run_workflow("text2img", base + [f"runtime.attention_slicing={slicing}"], output_dir=tmp_path / "s",
+                          cache=cache)
+    assert sliced_calls and set(sliced_calls) == {1 if slicing == "max" else slicing}
+    assert result.record.runtime["attention"] == f"sliced ({slicing})"
+    (unet_key,) = [key for key in cache.keys() if key[1] == "unet"]
+    unet = cache.get(unet_key, load=lambda: pytest.fail("the UNet was not kept"))
+    assert not any(isinstance(p, SlicedAttnProcessor) for p in unet.attn_processors.values())  # put back
+    sd_pipe.unet.set_attention_slice(slicing)
+    try:
+        theirs = diffusers_images(sd_pipe, height=64, width=64, generator=generators([6]))
+    finally:
+        sd_pipe.unet.set_default_attn_processor()
+    other = diffusers_images(sd_pipe, height=64, width=64, generator=generators([7]))
+    assert_parity(as_nhwc(result.outputs["decode"]["image"].pixels), theirs, other)
+    plain = run_workflow("text2img", base, output_dir=tmp_path / "plain", cache=cache)
+    assert max_diff(as_nhwc(plain.outputs["decode"]["image"].pixels),
+                    as_nhwc(result.outputs["decode"]["image"].pixels)) <= 1e-5  # slicing changes no pixel
+    assert plain.record.runtime["attention"] == "sdpa"

@@ -55,6 +55,7 @@ class RunContext:
     compile: bool | str = False  # runtime.compile: loaders hand out compiled modules (compiled once per process)
     vae_slicing: bool = False  # runtime.vae_slicing: a batch encoded/decoded one image at a time (diffusers' slicing)
     vae_tiling: bool = False  # runtime.vae_tiling: large images encoded/decoded in overlapping tiles (diffusers' tiling)
+    attention_slicing: str | int | None = None  # runtime.attention_slicing: "auto", "max" or a slice size; None: off
     output_cache: OutputCache | None = None  # None: every node runs (runtime.output_cache=false)
     # what a node's outputs depend on besides its parameters and inputs (the files they name), for its cache key;
     # it may raise OSError (a file gone): the node is then not reused
@@ -177,7 +178,8 @@ def execute(plan: Plan, ctx: RunContext, given: dict[str, dict[str, Any]] | None
     ctx.plan, ctx.results = plan, given
     ctx.per_image = per_image_values(plan)
     keys: dict[str, str | None] = dict.fromkeys(given)
-    readers, runtime = _readers(plan), (ctx.device, ctx.dtype, str(ctx.compile), ctx.vae_slicing, ctx.vae_tiling)
+    readers, runtime = _readers(plan), (ctx.device, ctx.dtype, str(ctx.compile), ctx.vae_slicing, ctx.vae_tiling,
+                                        ctx.attention_slicing)
     for node_id in order:
         planned = plan.nodes[node_id]
         keys[node_id] = key = (_key(plan, node_id, keys, readers, runtime, ctx.fingerprint)

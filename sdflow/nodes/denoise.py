@@ -13,6 +13,7 @@ Out of GPU memory, a batch runs again as two halves (``sample_in_halves``), with
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import replace
 
@@ -207,8 +208,25 @@ def denoise(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: L
             denoising_start: float | None = None, denoising_end: float | None = None):
     settings = {"steps": steps, "strength": strength, "eta": eta, "guidance_rescale": guidance_rescale,
                 "denoising_start": denoising_start, "denoising_end": denoising_end}
-    x = sample_in_halves(ctx, unet, scheduler, embeddings, latents, condition, guidance_rule, guidance, settings)
+    with sliced_attention(ctx, unet):
+        x = sample_in_halves(ctx, unet, scheduler, embeddings, latents, condition, guidance_rule, guidance, settings)
     return {"latents": Latents(x, latents.seeds, latents.generators, "denoised", latents.scaling_factor)}
+
+
+@contextlib.contextmanager
+def sliced_attention(ctx: RunContext, unet):
+    """The cached UNet with runtime.attention_slicing for this node, as diffusers' enable_attention_slicing sets it
+    (SlicedAttnProcessor: the heads a slice at a time, less peak memory, the same result), and its own attention
+    processors (an IP-Adapter's included) put back after: the UNet is shared with other runs."""
+    if ctx.attention_slicing is None:
+        yield
+        return
+    kept = unet.attn_processors
+    unet.set_attention_slice(ctx.attention_slicing)
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(kept)
 
 
 def sample_in_halves(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: Latents,

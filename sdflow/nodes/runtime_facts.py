@@ -24,6 +24,10 @@ def check_runtime(runtime: Mapping) -> list[Problem]:
     """What is wrong with the values of ``runtime`` (the config's runtime group), on any machine."""
     problems: list[Problem] = []
     device, dtype = str(runtime.get("device", "cpu")), str(runtime.get("dtype", "float32"))
+    slicing = runtime.get("attention_slicing", False)
+    if not (isinstance(slicing, bool) or slicing in ("auto", "max") or
+            (isinstance(slicing, int) and slicing >= 1)):
+        _problem(problems, "attention_slicing", f"expected false, true, auto, max or a slice size >= 1, given {slicing!r}")
     for mode in ("vae_slicing", "vae_tiling"):
         if not isinstance(runtime.get(mode, False), bool):
             _problem(problems, mode, f"expected true or false, given {runtime.get(mode)!r}")

@@ -72,6 +72,15 @@ def runtime_compile(runtime) -> bool | str:
     return True if value in (True, "true", "True", "default") else str(value)
 
 
+def attention_slicing(runtime) -> str | int | None:
+    """``runtime.attention_slicing``: false (off), true or "auto" (the heads in two halves), "max" (one at a time),
+    or a slice size, as diffusers' enable_attention_slicing takes it."""
+    value = runtime.get("attention_slicing", False)
+    if value is False or value is None:
+        return None
+    return "auto" if value is True else value
+
+
 def output_cache(runtime) -> OutputCache | None:
     """The process's output cache with ``runtime.output_cache_mb`` as its bound, or None (``output_cache=false``)."""
     if not runtime.get("output_cache", True):
@@ -92,11 +101,13 @@ def run_context(plan: Plan, config: DictConfig, cache: ComponentCache | None = N
     runtime = config.get("runtime") or {}
     device, dtype = str(runtime.get("device", "cpu")), str(runtime.get("dtype", "float32"))
     vae_modes = {mode: bool(runtime.get(mode, False)) for mode in ("vae_slicing", "vae_tiling")}
+    slicing = attention_slicing(runtime)
     ctx = RunContext(cache=cache if cache is not None else process_cache(), device=device, dtype=dtype,
                      progress=progress, compile=runtime_compile(runtime), output_cache=output_cache(runtime),
-                     fingerprint=stamps, **vae_modes)
-    # (attention: diffusers' default processors call torch's scaled_dot_product_attention, which picks its kernel)
-    recorded = {"device": device, "dtype": dtype, "attention": "sdpa",
+                     fingerprint=stamps, attention_slicing=slicing, **vae_modes)
+    # attention: diffusers' default processors call torch's scaled_dot_product_attention (which picks its kernel);
+    # sliced, its SlicedAttnProcessor computes the heads a slice at a time
+    recorded = {"device": device, "dtype": dtype, "attention": "sdpa" if slicing is None else f"sliced ({slicing})",
                 **{mode: True for mode, on in vae_modes.items() if on}}
     ctx.record = RunRecord(workflow_file=plan.workflow.path, workflow_yaml=resolved_workflow_yaml(plan),
                            versions=dict(versions()), runtime=recorded, warnings=prompt_warnings(config, plan))
