@@ -181,3 +181,25 @@ def test_denoise_strength_other_than_the_prepared_one_is_a_validation_error(tiny
         run_workflow(str(path), ["model=tiny_inpaint", f"image={paths['image']}", f"mask={paths['mask']}",
                                  "strength=0.75"])
     assert "node 'denoise', field 'strength'" in str(err.value) and "'prepare.latents'" in str(err.value)
+
+
+def test_vae_tiling_in_inpainting_matches_the_pipeline_with_a_tiled_vae(tiny_inpaint, inpaint_pipe, tmp_path):
+    # 128 px: over the tiny VAE's 64 px tile, so the masked image is encoded and the result decoded in tiles
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    mask = box_mask((128, 128), (32, 16, 96, 80))
+    image.save(tmp_path / "image.png")
+    mask.save(tmp_path / "mask.png")
+    ours = run_workflow("inpaint", ["model=tiny_inpaint", f"image={tmp_path / 'image.png'}",
+                                    f"mask={tmp_path / 'mask.png'}", f"prompt={PROMPT}", "seed=3", "steps=3",
+                                    "inpaint_mode=concat", "strength=1.0", "runtime.vae_tiling=true"], output_dir=tmp_path / "out")
+
+    def theirs(tiled: bool):
+        inpaint_pipe.vae.use_tiling = tiled
+        try:
+            return inpaint_pipe(prompt=PROMPT, image=image, mask_image=mask, height=128, width=128,
+                                num_inference_steps=3, generator=generators([3]), output_type="np").images
+        finally:
+            inpaint_pipe.vae.use_tiling = False
+
+    assert_parity(as_nhwc(ours.outputs["decode"]["image"].pixels), theirs(True), theirs(False))

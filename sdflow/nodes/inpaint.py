@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..engine import Input, Param, RunContext, node
 from .types import (SEEDS, CONDITION, IMAGE, LATENTS, MASK, VAE, Condition, ConditionFacts, ImageFacts, Images, LatentFacts,
                     Latents, Mask, MaskBlend, check_seed_batch, generators_for, seeds_list)
+from .images import vae_modes
 from .records import Seeds
 from .vae_facts import check_image_fits_vae
 
@@ -49,11 +50,12 @@ def check_inpaint_condition(params, inputs_meta, ctx):
     }
 
 
-def sample_latents(vae, pixels: torch.Tensor, generators) -> torch.Tensor:
-    """VAE latents of each image sampled with its own generator, scaled (the pipeline's _encode_vae_image)."""
+def sample_latents(ctx: RunContext, vae, pixels: torch.Tensor, generators) -> torch.Tensor:
+    """VAE latents of each image sampled with its own generator, scaled (the pipeline's _encode_vae_image), with
+    the runtime's VAE modes (tiling)."""
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), vae_modes(ctx, vae):
         samples = torch.cat([vae.encode(pixels[i : i + 1]).latent_dist.sample(g) for i, g in enumerate(generators)])
     return samples * vae.config.scaling_factor
 
@@ -98,11 +100,11 @@ def inpaint_condition(ctx: RunContext, vae, image: Images, mask: Mask, mode: str
     latent_mask = torch.nn.functional.interpolate(binary, size=(height, width))
 
     generators = generators_for(seeds, "cpu")
-    image_latents = sample_latents(vae, init, generators) if mode == "blend" or strength < 1.0 else None
+    image_latents = sample_latents(ctx, vae, init, generators) if mode == "blend" or strength < 1.0 else None
     shape = (len(seeds), vae.config.latent_channels, height, width)
     noise = randn_tensor(shape, generator=generators, device=ctx.device, dtype=dtype)
     if mode == "concat":
-        condition = Condition(concat=torch.cat([latent_mask, sample_latents(vae, masked_image, generators)], dim=1))
+        condition = Condition(concat=torch.cat([latent_mask, sample_latents(ctx, vae, masked_image, generators)], dim=1))
     else:
         # The pipeline encodes the masked image here too and ignores it for 4-channel UNets; draw what that
         # encode would draw, so schedulers that take the generators get the same stream.

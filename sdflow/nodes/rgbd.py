@@ -8,6 +8,7 @@ depth = the last one. The shared ``decode`` node stays RGB-only; this one has th
 from __future__ import annotations
 
 from ..engine import Input, RunContext, node
+from .images import vae_modes
 from .types import IMAGE, LATENTS, VAE, ImageFacts, Images, LatentFacts, Latents
 
 RGBD_CHANNELS = 4
@@ -36,7 +37,7 @@ def check_decode_rgbd(params, inputs_meta, ctx):
 def decode_rgbd(ctx: RunContext, vae, latents: Latents):
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), vae_modes(ctx, vae):
         decoded = vae.decode(latents.samples.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
     pixels = (decoded / 2 + 0.5).clamp(0, 1)
     seeds = list(latents.seeds)
