@@ -86,3 +86,16 @@ def test_the_pixel_limit_itself_is_checked(value):
     (problem,) = check_runtime({"max_pixels": value})
     assert problem.field == "runtime.max_pixels" and "null: no limit" in problem.message
     assert check_runtime({"max_pixels": None}) == [] and check_runtime({"max_pixels": 4096}) == []
+
+
+def test_an_image_checked_once_is_checked_again_when_the_file_changes(tmp_path):
+    # Decoding is remembered per file version (a sweep's jobs share their input image): a file cut short after a
+    # first run is refused, not passed on the earlier result.
+    from sdflow.api import compose_config, plan_workflow
+
+    image = tmp_path / "in.jpg"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(image, quality=95)
+    plan_workflow(compose_config(TINY + [f"image={image}"]), "img2img")
+    image.write_bytes(image.read_bytes()[:2000])
+    with pytest.raises(ValidationError, match="truncated"):
+        plan_workflow(compose_config(TINY + [f"image={image}"]), "img2img")

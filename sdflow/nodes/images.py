@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,7 +92,7 @@ def check_image_file(ctx, field_name: str, given: str, what: str = "image") -> t
     """The upright (width, height) of an input image file, or None with the problem reported. Before anything
     loads: the file exists, is no larger than runtime.max_pixels (read from its header, before any pixel is
     decoded: a 20000x20000 PNG bomb costs nothing), and decodes whole (a truncated JPEG is found here, not after
-    the run folder exists). JPEGs decode at 1/8 scale for that (libjpeg still reads every byte)."""
+    the run folder exists)."""
     path = Path(given).expanduser()
     if not path.exists():
         ctx.problem(field_name, f"{what} file '{given}' does not exist")
@@ -99,14 +100,6 @@ def check_image_file(ctx, field_name: str, given: str, what: str = "image") -> t
     try:
         with Image.open(path) as img:
             width, height = img.size
-        if over_max_pixels(ctx, field_name, width, height, f"'{given}'"):
-            return None
-        with Image.open(path) as img:
-            img.verify()  # (PNG: every chunk's checksum)
-        with Image.open(path) as img:
-            img.draft("RGB", (max(width // 8, 1), max(height // 8, 1)))
-            img.load()
-            transposed = img.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED  # (a PNG's EXIF may follow its pixels)
     except Image.DecompressionBombError as exc:  # over PIL's own bound, which it holds while reading the header
         found = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(found.group(1)):,} pixels" if found else "more pixels than PIL opens"
@@ -116,7 +109,29 @@ def check_image_file(ctx, field_name: str, given: str, what: str = "image") -> t
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         ctx.problem(field_name, f"'{given}' is not a readable {what} ({exc})")
         return None
+    if over_max_pixels(ctx, field_name, width, height, f"'{given}'"):
+        return None
+    stat = path.stat()
+    transposed, fault = _decoded_whole(str(path), stat.st_size, stat.st_mtime_ns)
+    if fault is not None:
+        ctx.problem(field_name, f"'{given}' is not a readable {what} ({fault})")
+        return None
     return (height, width) if transposed else (width, height)
+
+
+@functools.lru_cache(maxsize=256)
+def _decoded_whole(path: str, size: int, mtime_ns: int) -> tuple[bool, str | None]:
+    """(whether its EXIF turns it a quarter, why it does not decode whole or None), once per file version: a
+    sweep's jobs validate the same input image. JPEGs decode at 1/8 scale for it (libjpeg still reads every byte)."""
+    try:
+        with Image.open(path) as img:
+            img.verify()  # (PNG: every chunk's checksum)
+        with Image.open(path) as img:
+            img.draft("RGB", (max(img.width // 8, 1), max(img.height // 8, 1)))
+            img.load()
+            return img.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED, None  # (a PNG's EXIF may follow its pixels)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return False, str(exc)
 
 
 def check_load_image(params, inputs_meta, ctx):

@@ -28,11 +28,9 @@ def check_runtime(runtime: Mapping) -> list[Problem]:
     if not (isinstance(slicing, bool) or slicing in ("auto", "max") or
             (isinstance(slicing, int) and slicing >= 1)):
         _problem(problems, "attention_slicing", f"expected false, true, auto, max or a slice size >= 1, given {slicing!r}")
-    for mode in ("vae_slicing", "vae_tiling"):
-        if not isinstance(runtime.get(mode, False), bool):
-            _problem(problems, mode, f"expected true or false, given {runtime.get(mode)!r}")
-    if not isinstance(runtime.get("output_cache", True), bool):
-        _problem(problems, "output_cache", f"expected true or false, given {runtime.get('output_cache')!r}")
+    for switch in ("output_cache", "vae_slicing", "vae_tiling"):
+        if not isinstance(runtime.get(switch, False), bool):
+            _problem(problems, switch, f"expected true or false, given {runtime.get(switch)!r}")
     budget = runtime.get("output_cache_mb")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
         _problem(problems, "output_cache_mb", f"expected a number of MiB >= 0 (or null: no bound), given {budget!r}")
