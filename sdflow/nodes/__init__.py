@@ -7,3 +7,4 @@ from . import depth, inpaint, mask  # noqa: F401
 from . import sdxl  # noqa: F401
 from . import adapters  # noqa: F401
 from . import load_vae  # noqa: F401
+from . import controlnet  # noqa: F401

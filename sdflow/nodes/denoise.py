@@ -19,8 +19,9 @@ from dataclasses import replace
 
 from ..engine import Input, Param, RunContext, node
 from .memory import free_memory, is_out_of_memory, record_fallback, rows
-from .types import (CONDITION, EMBEDDINGS, GUIDANCE, LATENTS, SCHEDULER, UNET, Condition, ConditionFacts,
-                    EmbeddingFacts, Embeddings, GuidanceFacts, GuidanceRule, LatentFacts, Latents)
+from .types import (CONDITION, CONTROL, EMBEDDINGS, GUIDANCE, LATENTS, SCHEDULER, UNET, Condition, ConditionFacts,
+                    ControlFacts, ControlNetCondition, EmbeddingFacts, Embeddings, GuidanceFacts, GuidanceRule,
+                    LatentFacts, Latents, UNetFacts)
 from .records import Denoising
 
 
@@ -127,6 +128,34 @@ def check_image_counts(params, embeddings: EmbeddingFacts, latents: LatentFacts,
     ctx.check_per_image_count(params, count, why)
 
 
+def check_control(control: ControlFacts, unet: UNetFacts | None, latents: LatentFacts, ctx) -> None:
+    """Each ControlNet fits the UNet it steers (text width, latent channels, SDXL or not), each control image batch
+    has one image or one per image, and all control images have one size."""
+    for controlnet, node_id, count in zip(control.controlnets, control.nodes, control.counts):
+        if controlnet is None:
+            continue
+        which = f"the ControlNet of '{node_id}' (from '{controlnet.source}')"
+        if unet and unet.cross_attention_dim and controlnet.cross_attention_dim not in (None, unet.cross_attention_dim):
+            ctx.problem("control", f"{which} attends to {controlnet.cross_attention_dim}-wide text embeddings, but the "
+                        f"UNet from '{ctx.source_of('unet')}' to {unet.cross_attention_dim}-wide ones: a ControlNet of "
+                        "another model family (SD1 768, SD2 1024, SDXL 2048)")
+        if latents.channels and controlnet.in_channels not in (None, latents.channels):
+            ctx.problem("control", f"{which} takes {controlnet.in_channels} latent channels, but '"
+                        f"{ctx.source_of('latents')}' gives {latents.channels}: a ControlNet of another model family")
+        if unet and (controlnet.addition_embed_type == "text_time") != (unet.addition_embed_type == "text_time"):
+            kinds = {True: "an SDXL", False: "a non-SDXL"}
+            ctx.problem("control", f"{which} is {kinds[controlnet.addition_embed_type == 'text_time']} ControlNet, but "
+                        f"the UNet from '{ctx.source_of('unet')}' is {kinds[unet.addition_embed_type == 'text_time']} "
+                        "UNet")
+        if latents.count and count and count not in (1, latents.count):
+            ctx.problem("control", f"'{node_id}' gives {count} control images for {latents.count} images (one per "
+                        f"seed of '{ctx.source_of('latents')}'): give one for all, or one per image")
+    sizes = {size for size in control.sizes if size is not None}
+    if len(sizes) > 1:
+        listed = ", ".join(f"'{n}' {s[0]}x{s[1]}" for n, s in zip(control.nodes, control.sizes) if s)
+        ctx.problem("control", f"the control images differ in size ({listed}): every one must be the output's size")
+
+
 def check_denoise(params, inputs_meta, ctx):
     unet = inputs_meta["unet"]
     embeddings = inputs_meta["embeddings"] or EmbeddingFacts()
@@ -134,6 +163,8 @@ def check_denoise(params, inputs_meta, ctx):
     condition = inputs_meta["condition"] or ConditionFacts()
     rule = inputs_meta["guidance_rule"] or GuidanceFacts()
     check_image_counts(params, embeddings, latents, ctx)
+    if inputs_meta["control"] is not None:
+        check_control(inputs_meta["control"], unet, latents, ctx)
     width = unet.cross_attention_dim if unet else None
     if width is not None and embeddings.dim and width != embeddings.dim:
         ctx.problem("embeddings", f"the UNet from '{ctx.source_of('unet')}' attends to {width}-wide "
@@ -186,6 +217,7 @@ def check_denoise(params, inputs_meta, ctx):
         "condition": Input(CONDITION, "channels concatenated to the latents and class labels", optional=True),
         "guidance_rule": Input(GUIDANCE, "combines the predictions in place of plain CFG (e.g. safe latent diffusion)",
                                optional=True),
+        "control": Input(CONTROL, "ControlNet conditions: their residuals are added to the UNet's", optional=True),
     },
     outputs={"latents": LATENTS},
     params={
@@ -205,9 +237,10 @@ def check_denoise(params, inputs_meta, ctx):
 def denoise(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: Latents, condition: Condition | None,
             guidance_rule: GuidanceRule | None,
             steps: int, guidance: float | list[float], strength: float, eta: float, guidance_rescale: float,
-            denoising_start: float | None = None, denoising_end: float | None = None):
+            denoising_start: float | None = None, denoising_end: float | None = None,
+            control: list[ControlNetCondition] | None = None):
     settings = {"steps": steps, "strength": strength, "eta": eta, "guidance_rescale": guidance_rescale,
-                "denoising_start": denoising_start, "denoising_end": denoising_end}
+                "denoising_start": denoising_start, "denoising_end": denoising_end, "control": control or []}
     with sliced_attention(ctx, unet):
         x = sample_in_halves(ctx, unet, scheduler, embeddings, latents, condition, guidance_rule, guidance, settings)
     return {"latents": Latents(x, latents.seeds, latents.generators, "denoised", latents.scaling_factor)}
@@ -255,8 +288,9 @@ def sample_in_halves(ctx: RunContext, unet, scheduler, embeddings: Embeddings, l
     for start, stop in ((0, half), (half, batch)):
         part_embeddings, part_latents, part_condition, part_guidance = images_of(embeddings, latents, condition,
                                                                                  guidance, start, stop)
+        part_settings = {**settings, "control": control_of(settings["control"], start, stop, batch)}
         parts.append(sample_in_halves(ctx, unet, scheduler, part_embeddings, part_latents, part_condition, guidance_rule,
-                                      part_guidance, settings))
+                                      part_guidance, part_settings))
     return torch.cat(parts)
 
 
@@ -282,9 +316,15 @@ def images_of(embeddings: Embeddings, latents: Latents, condition: Condition | N
     return embeddings, latents, condition, guidance
 
 
+def control_of(control: list[ControlNetCondition], start: int, stop: int, batch: int) -> list[ControlNetCondition]:
+    """ControlNet conditions of images ``start:stop``: per-image control images sliced, a shared one kept."""
+    return [replace(c, image=rows(c.image, start, stop, batch)) for c in control]
+
+
 def sample(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: Latents, condition: Condition | None,
            guidance_rule: GuidanceRule | None, guidance: float | list[float], steps: int, strength: float, eta: float,
-           guidance_rescale: float, denoising_start: float | None, denoising_end: float | None):
+           guidance_rescale: float, denoising_start: float | None, denoising_end: float | None,
+           control: list[ControlNetCondition]):
     """The sampling loop over one batch; returns the denoised latents."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
@@ -336,11 +376,14 @@ def sample(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: La
     for i, t in enumerate(ctx.steps(timesteps, total=len(timesteps), desc=f"{ctx.node_id} ({type(scheduler).__name__})")):
         model_input = torch.cat([x] * (2 + len(extra))) if do_cfg else x
         model_input = scheduler.scale_model_input(model_input, t)
+        down, mid = control_residuals(control, i, len(timesteps), model_input, t, text, added_cond, batch,
+                                      2 + len(extra) if do_cfg else 1)
         if concat is not None:
             model_input = torch.cat([model_input, concat], dim=1)
         with torch.no_grad():
             noise_pred = unet(model_input, t, encoder_hidden_states=text, class_labels=class_labels,
-                              added_cond_kwargs=added_cond, return_dict=False)[0]
+                              added_cond_kwargs=added_cond, down_block_additional_residuals=down,
+                              mid_block_additional_residual=mid, return_dict=False)[0]
         if do_cfg:
             noise_uncond, noise_text, *noise_extra = noise_pred.chunk(2 + len(extra))
             if combine is None:
@@ -363,3 +406,38 @@ def sample(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: La
     ctx.record.note(ctx.node_id, Denoising(type(scheduler).__name__, steps, len(timesteps), guidance, strength,
                                            denoising_start, denoising_end))
     return x
+
+
+def control_residuals(control: list[ControlNetCondition], i: int, total: int, model_input, t, text, added_cond,
+                      batch: int, halves: int):
+    """The ControlNets' summed (down, mid) residuals for step ``i`` of ``total``, as diffusers' ControlNet pipelines
+    make them (MultiControlNetModel sums several); (None, None) when none acts at this step.
+
+    A ControlNet acts on the steps inside its [start, end] share of the schedule (diffusers' controlnet_keep). In
+    guess mode with CFG it sees only the prompt's half of the batch, and adds nothing to the others.
+    """
+    import torch
+
+    down = mid = None
+    for c in control:
+        keep = 1.0 - float(i / total < c.start or (i + 1) / total > c.end)
+        if c.scale * keep == 0.0:
+            continue  # (diffusers runs it and adds residuals times 0: the same numbers)
+        guess = c.guess_mode or bool(c.model.config.global_pool_conditions)
+        image = per_batch(c.image, batch, "control images").to(model_input.device, c.model.dtype)
+        sample, hidden, added = model_input, text, added_cond
+        if guess and halves > 1:  # the text half alone
+            sample, hidden = model_input[batch: 2 * batch], text[batch: 2 * batch]
+            added = {k: v[batch: 2 * batch] for k, v in added_cond.items()} if added_cond is not None else None
+        else:
+            image = torch.cat([image] * halves)
+        with torch.no_grad():
+            d, m = c.model(sample, t, encoder_hidden_states=hidden, controlnet_cond=image,
+                           conditioning_scale=c.scale * keep, guess_mode=guess, added_cond_kwargs=added,
+                           return_dict=False)
+        if guess and halves > 1:  # zeros for the unconditional half (and any guidance rule's halves after)
+            d = [torch.cat([torch.zeros_like(r), r] + [torch.zeros_like(r)] * (halves - 2)) for r in d]
+            m = torch.cat([torch.zeros_like(m), m] + [torch.zeros_like(m)] * (halves - 2))
+        down = d if down is None else [a + b for a, b in zip(down, d)]
+        mid = m if mid is None else mid + m
+    return down, mid

@@ -73,6 +73,21 @@ class Denoising(Entry):
 
 
 @dataclass
+class ControlNetUse(Entry):
+    """A ControlNet applied: where it came from and its weights' short hash, the sha256 of each control image as
+    prepared, its conditioning scale and the share of the schedule it acted on."""
+
+    section = "controlnets"
+    source: str | None
+    model_hash: str | None
+    image_sha256: list[str]
+    scale: float
+    start: float
+    end: float
+    guess_mode: bool
+
+
+@dataclass
 class LatentUpscale(Entry):
     """The latent x2 upscaler's loop: steps, guidance, prompts (guidance 0 encodes the empty prompt) and seeds."""
 

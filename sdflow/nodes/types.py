@@ -120,6 +120,28 @@ class ConditionFacts:
 
 
 @dataclass(frozen=True)
+class ControlNetFacts:
+    """A ControlNet's config.json: what must match the UNet it steers, and how much its image embedding shrinks."""
+
+    source: str
+    in_channels: int | None = None
+    cross_attention_dim: int | None = None
+    addition_embed_type: str | None = None
+    downscale: int | None = None  # 2 ** (image embedding blocks - 1): the control image over the latents' size
+    global_pool_conditions: bool | None = None
+
+
+@dataclass(frozen=True)
+class ControlFacts:
+    """ControlNet conditions (one per ControlNet, in order): each one's ControlNet, control image size and count."""
+
+    controlnets: tuple[ControlNetFacts | None, ...] = ()
+    sizes: tuple[tuple[int, int] | None, ...] = ()
+    counts: tuple[int | None, ...] = ()
+    nodes: tuple[str, ...] = ()  # the node that made each condition (problems are reported there)
+
+
+@dataclass(frozen=True)
 class GuidanceFacts:
     """A guidance rule: the width of the embeddings it adds to the UNet's batch."""
 
@@ -143,6 +165,9 @@ CONDITION = PortType("CONDITION", "extra UNet conditioning: channels concatenate
                      ConditionFacts)
 GUIDANCE = PortType("GUIDANCE", "a rule combining the UNet's predictions in place of plain CFG (safe latent diffusion)",
                     GuidanceFacts)
+CONTROLNET = PortType("CONTROLNET", "a ControlNet (ControlNetModel)", ControlNetFacts)
+CONTROL = PortType("CONTROL", "ControlNet conditions: a list of (ControlNet, prepared control image, scale, "
+                   "start/end of the schedule)", ControlFacts)
 MASK = PortType("MASK", "a batch of one-channel masks in [0, 1] (inpainting: white = repaint)", ImageFacts)
 
 
@@ -226,6 +251,26 @@ class Condition:
     def finite(self) -> bool:
         blend = (self.blend.mask, self.blend.image_latents, self.blend.noise) if self.blend is not None else ()
         return all_finite(self.concat, self.time_ids, self.negative_time_ids, *blend)
+
+
+@dataclass
+class ControlNetCondition:
+    """One ControlNet and its control image, as the denoise loop applies it (diffusers' ControlNet pipelines).
+
+    ``image`` [K, 3, H, W] in [0, 1] (not normalized), K = 1 (every image) or one per image, at the output size;
+    ``scale`` multiplies its residuals; it acts on the steps inside [``start``, ``end``] of the schedule;
+    ``guess_mode``: it sees only the conditional CFG half (no prompt needed), its residuals scaled up by depth.
+    """
+
+    model: object
+    image: torch.Tensor
+    scale: float
+    start: float = 0.0
+    end: float = 1.0
+    guess_mode: bool = False
+
+    def finite(self) -> bool:
+        return all_finite(self.image)
 
 
 @dataclass

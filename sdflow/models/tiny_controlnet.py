@@ -1,0 +1,77 @@
+"""Build a ControlNet for a model's UNet the way diffusers starts training one: ControlNetModel.from_unet.
+
+from_unet copies the UNet's encoder and zero-initialises the ControlNet's output convolutions (and the last
+conv of its image embedding), so a fresh ControlNet changes nothing. Tests need one whose control image
+moves the output: ``random_outputs`` fills those zero layers with small random weights from a fixed seed.
+No trained ControlNet ships with sdflow; this makes an untrained one for a model folder (the tiny models,
+or the offline ``shapes`` model) in diffusers' folder format (config.json + safetensors)::
+
+    python -m sdflow.models.tiny_controlnet builtin:tiny controlnet-folder
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def random_outputs(controlnet, seed: int, std: float = 0.1):
+    """Give the zero-initialised layers (the zero convs and the image embedding's conv_out) random weights."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    zeroed = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+              controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for layer in zeroed:
+            for tensor in (layer.weight, layer.bias):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+    return controlnet
+
+
+def embedding_channels(vae_scale_factor: int) -> tuple[int, ...]:
+    """The image embedding's channels for a VAE that shrinks images ``vae_scale_factor`` times: each block after
+    the first halves the control image, which must come out at the latents' size (SD's 8: diffusers' default)."""
+    channels = (16, 32, 96, 256)
+    blocks = vae_scale_factor.bit_length()  # 8 -> 4 blocks, 2 -> 2 blocks
+    return channels[:blocks] if blocks <= len(channels) else channels + (256,) * (blocks - len(channels))
+
+
+def make_controlnet(unet, seed: int, randomize: bool = True, vae_scale_factor: int = 8):
+    """ControlNetModel.from_unet(unet), its zero layers made random (``randomize``) so the control image counts."""
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding_channels(
+        vae_scale_factor)).eval()
+    return random_outputs(controlnet, seed) if randomize else controlnet
+
+
+def build_controlnet(model_folder: Path, folder: Path, seed: int = 40, randomize: bool = True) -> Path:
+    """A ControlNet from ``model_folder``'s UNet, saved as a diffusers ControlNet folder in ``folder``."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(model_folder) / "unet", use_safetensors=True)
+    vae_config = json.loads((Path(model_folder) / "vae" / "config.json").read_text(encoding="utf-8"))
+    factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    make_controlnet(unet, seed, randomize, factor).save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m sdflow.models.tiny_controlnet MODEL OUT_FOLDER``: MODEL a model folder or builtin:NAME."""
+    if len(argv) != 2:
+        print("usage: python -m sdflow.models.tiny_controlnet MODEL OUT_FOLDER  (MODEL: a folder or builtin:NAME)")
+        return 2
+    model, out = argv
+    if model.startswith("builtin:"):
+        from .builtin import builtin_model
+
+        model = str(builtin_model(model.split(":", 1)[1]))
+    print(build_controlnet(Path(model), Path(out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
