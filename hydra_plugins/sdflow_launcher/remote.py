@@ -91,6 +91,18 @@ class RemoteLauncher(SweepLauncher):
     """The fused launcher's job loop with the batches run by a pool of workers (``make_pool``)."""
 
     runs_elsewhere = True
+    name = ""  # as in hydra/launcher=NAME
+    needs: tuple[str, ...] = ()  # the cluster extra's modules it imports
+
+    def setup(self, **kwargs) -> None:
+        # Hydra sets the launcher up before the sweep is planned or any folder made: a missing extra is one line.
+        from sdflow.engine import InvalidWorkflow
+        from sdflow.extras import missing_extra
+
+        missing = missing_extra("cluster", self.needs, f"hydra/launcher={self.name}")
+        if missing:
+            raise InvalidWorkflow(missing)
+        super().setup(**kwargs)
 
     def make_pool(self):
         raise NotImplementedError
@@ -107,6 +119,8 @@ class RemoteLauncher(SweepLauncher):
 class RayLauncher(RemoteLauncher):
     """``hydra/launcher=sdflow_ray``: the batches on long-lived Ray actors, one component cache each."""
 
+    name, needs = "sdflow_ray", ("ray",)
+
     def make_pool(self):
         from sdflow.run.remote.ray_pool import RayPool
 
@@ -115,6 +129,8 @@ class RayLauncher(RemoteLauncher):
 
 class SlurmLauncher(RemoteLauncher):
     """``hydra/launcher=sdflow_slurm``: the batches as Slurm array tasks through submitit (``cluster=local``: local)."""
+
+    name, needs = "sdflow_slurm", ("submitit",)
 
     def make_pool(self):
         from sdflow.run.remote.slurm_pool import SubmititPool
