@@ -37,12 +37,22 @@ def embedding_channels(vae_scale_factor: int) -> tuple[int, ...]:
     return channels[:blocks] if blocks <= len(channels) else channels + (256,) * (blocks - len(channels))
 
 
-def make_controlnet(unet, seed: int, randomize: bool = True, vae_scale_factor: int = 8):
-    """ControlNetModel.from_unet(unet), its zero layers made random (``randomize``) so the control image counts."""
+def make_controlnet(unet, seed: int, randomize: bool = True, vae_scale_factor: int = 8, latent_channels: int = 4):
+    """ControlNetModel.from_unet(unet), its zero layers made random (``randomize``) so the control image counts.
+
+    An inpainting or depth UNet takes more channels than the latents; a ControlNet sees the latents alone (as
+    published inpainting ControlNets, trained from the base model), so its first conv is then made anew."""
+    import torch
     from diffusers import ControlNetModel
 
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding_channels(
         vae_scale_factor)).eval()
+    if controlnet.config.in_channels != latent_channels:
+        torch.manual_seed(seed)
+        narrow = ControlNetModel.from_config({**controlnet.config, "in_channels": latent_channels}).eval()
+        state = {k: v for k, v in controlnet.state_dict().items() if not k.startswith("conv_in.")}
+        narrow.load_state_dict(state, strict=False)
+        controlnet = narrow
     return random_outputs(controlnet, seed) if randomize else controlnet
 
 
@@ -55,7 +65,8 @@ def build_controlnet(model_folder: Path, folder: Path, seed: int = 40, randomize
     unet = UNet2DConditionModel.from_pretrained(Path(model_folder) / "unet", use_safetensors=True)
     vae_config = json.loads((Path(model_folder) / "vae" / "config.json").read_text(encoding="utf-8"))
     factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    make_controlnet(unet, seed, randomize, factor).save_pretrained(folder, safe_serialization=True)
+    make_controlnet(unet, seed, randomize, factor, vae_config.get("latent_channels", 4)).save_pretrained(
+        folder, safe_serialization=True)
     return Path(folder)
 
 

@@ -165,6 +165,11 @@ def check_control_image(params, inputs_meta, ctx):
     first = sizes[0] if sizes else ((given.width, given.height) if given else (None, None))
     width = params["width"] or (first[0] and first[0] // factor * factor)
     height = params["height"] or (first[1] and first[1] // factor * factor)
+    like: ImageFacts | None = inputs_meta["size_of"]
+    if ctx.source_of("size_of") is not None:
+        if params["width"] or params["height"]:
+            ctx.problem("width", "give the size either as width/height or by an image (size_of), not both")
+        width, height = (like.width, like.height) if like else (None, None)
     for name, value in (("width", width), ("height", height)):
         if value and value % factor:
             ctx.problem(name, f"the control image's {name} {value} is not a multiple of {factor} (the VAE's latents are "
@@ -183,6 +188,7 @@ def check_control_image(params, inputs_meta, ctx):
         "image": Input(IMAGE, "the picture (unless path is given)", optional=True),
         "vae": Input(VAE, "the model's VAE: the control image's default size is rounded to its scale factor",
                      optional=True),
+        "size_of": Input(IMAGE, "resize to this image's size (img2img, inpainting: the input picture)", optional=True),
         "depth_estimator": Input(DEPTH_ESTIMATOR, "preprocess=depth: a DPT", optional=True),
         "feature_extractor": Input(IMAGE_PROCESSOR, "preprocess=depth: the DPT's image processor", optional=True),
     },
@@ -203,8 +209,9 @@ def check_control_image(params, inputs_meta, ctx):
     },
     check=check_control_image,
 )
-def control_image(ctx: RunContext, image: Images | None, vae, depth_estimator, feature_extractor, path, width, height,
-                  resize_mode: str, preprocess: str, low_threshold: float, high_threshold: float, save: bool):
+def control_image(ctx: RunContext, image: Images | None, vae, size_of: Images | None, depth_estimator, feature_extractor,
+                  path, width, height, resize_mode: str, preprocess: str, low_threshold: float, high_threshold: float,
+                  save: bool):
     from diffusers.image_processor import VaeImageProcessor
 
     if path is not None:
@@ -216,6 +223,8 @@ def control_image(ctx: RunContext, image: Images | None, vae, depth_estimator, f
     elif preprocess == "depth":
         pictures = [dpt_depth(p, depth_estimator, feature_extractor) for p in pictures]
     factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+    if size_of is not None:
+        height, width = size_of.pixels.shape[-2:]
     processor = VaeImageProcessor(vae_scale_factor=factor, do_convert_rgb=True, do_normalize=False)
     pixels = processor.preprocess(pictures, height=height, width=width, resize_mode=resize_mode)
     if save and ctx.files is not None:
