@@ -48,10 +48,15 @@ def node_reference() -> str:
 
 
 def image_grid(folder: Path, columns: int | None = None, cell: int = 256) -> Path:
-    """Tile every PNG under a sweep folder into grid.png, in job order, labelled with the job's overrides."""
+    """Tile every PNG under a folder that is not a sweep into grid.png (a new file), labelled with each job's overrides
+    where it has them; a sweep folder gets its grids by axis instead (``sweep_grids``)."""
     from PIL import Image, ImageDraw
 
-    images = sorted(p for p in folder.rglob("*.png") if p.name != "grid.png")
+    from .run.grid_layout import grid_record, png_bytes
+    from .run.outputs import StaticFile, write_new_file
+
+    images = sorted(p for p in folder.rglob("*.png")
+                    if "previews" not in p.relative_to(folder).parts[:-1] and grid_record(p) is None)
     if not images:
         raise SystemExit(f"no PNG images under {folder}")
 
@@ -88,11 +93,28 @@ def image_grid(folder: Path, columns: int | None = None, cell: int = 256) -> Pat
         with Image.open(path) as img:
             grid.paste(img.convert("RGB").resize((cell, cell)), (x, y + label_height))
         draw.text((x + 2, y + 1), job_label(path)[:48], fill="black")
-    target = folder / "grid.png"
-    tmp = folder / ".grid.png.tmp"
-    grid.save(tmp, format="PNG", compress_level=1)  # a contact sheet: fast to write matters more than its size
-    tmp.replace(target)
-    return target
+    record = {"folder": str(folder), "images": [p.relative_to(folder).as_posix() for p in images], "columns": columns}
+    path, _ = write_new_file(folder, "grid.png", StaticFile(png_bytes(grid, record)))
+    return path
+
+
+def sweep_grids(folder: Path, x: str | None = None, y: str | None = None, z: str | None = None,
+                columns: int | None = None, cell: int = 256) -> list[Path]:
+    """The grids of a past sweep by its swept keys (sdflow.run.grid_layout), or a folder of images tiled."""
+    from .run.grid_layout import AxisError, read_sweep, write_sweep_grids
+
+    jobs = read_sweep(folder)
+    if not jobs:
+        if x or y or z:
+            raise SystemExit(f"{folder} is not a sweep folder (no N/.hydra/overrides.yaml): --x/--y/--z need one")
+        return [image_grid(folder, columns, cell)]
+    try:
+        written = write_sweep_grids(folder, x, y, z, cell=cell, jobs=jobs)
+    except AxisError as exc:
+        raise SystemExit(f"sdflow-info grid: {exc}") from None
+    if not written:
+        raise SystemExit(f"no job of the sweep in {folder} wrote an image")
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,10 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     graph = sub.add_parser("graph", help="print a workflow as a Mermaid flowchart")
     graph.add_argument("workflow", help="workflow name or path")
     graph.add_argument("overrides", nargs="*", help="config overrides, e.g. model=tiny")
-    grid = sub.add_parser("grid", help="tile a sweep's images into grid.png")
+    grid = sub.add_parser("grid", help="a sweep's grids by its swept keys (any other folder of images: tiled)")
     grid.add_argument("folder", type=Path)
-    grid.add_argument("--columns", type=int)
-    grid.add_argument("--cell", type=int, default=256)
+    grid.add_argument("--x", help="the swept key across (default: the last swept key)")
+    grid.add_argument("--y", help="the swept key down (default: the one before)")
+    grid.add_argument("--z", help="the swept key with a sheet per value (default: any swept key left)")
+    grid.add_argument("--columns", type=int, help="a folder that is not a sweep: images per row")
+    grid.add_argument("--cell", type=int, default=256, help="the largest side of an image in the grid (px)")
     args = parser.parse_args(argv)
 
     if args.command == "nodes":
@@ -121,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         print(to_mermaid(planned), end="")
     elif args.command == "grid":
-        print(image_grid(args.folder, args.columns, args.cell))
+        for path in sweep_grids(args.folder, args.x, args.y, args.z, args.columns, args.cell):
+            print(path)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def sdflow(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Complet
 
 
 def pngs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*.png") if p.name != "grid.png")
+    return sorted(p for p in folder.rglob("*.png") if not p.name.startswith("grid"))  # grid.png, a rerun's grid_1.png
 
 
 def prompt_of(png: Path) -> str:

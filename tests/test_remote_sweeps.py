@@ -44,7 +44,7 @@ def sdflow(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def images(folder: Path) -> dict[str, Path]:
-    return {f"{p.parent.name}/{p.name}": p for p in sorted(folder.rglob("*.png")) if p.name != "grid.png"}
+    return {f"{p.parent.name}/{p.name}": p for p in sorted(folder.rglob("*.png")) if not p.name.startswith("grid")}
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -63,7 +63,7 @@ class SdflowSweeper(BasicSweeper):
         configs = SweepConfigs(self.hydra_context, self.config)
         # Jobs that run on other machines are checked here for all but the hardware, which their workers check.
         here = not getattr(self.launcher, "runs_elsewhere", False)
-        errors = []
+        errors = grid_problems(self.config, parsed)
         for job in (job for batch in batches for job in batch):
             sweep_config, config = configs(job)
             try:
@@ -99,6 +99,19 @@ class SdflowSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Every job was composed and planned before the sweep began."""
+
+
+def grid_problems(config: DictConfig, parsed: list) -> List[str]:
+    """``grid.x`` / ``grid.y`` / ``grid.z`` naming a key the sweep does not sweep, refused before any job runs."""
+    from sdflow.run.grid_layout import AxisError, choose_axes, grid_setting
+
+    axes = grid_setting(config.get("grid"))
+    try:
+        if axes is not None:
+            choose_axes([o.key_or_group.lstrip("+~") for o in parsed if o.is_sweep_override()], **axes)
+    except AxisError as exc:
+        return [f"grid.{exc}"]
+    return []
 
 
 class SweepLauncher(Launcher):

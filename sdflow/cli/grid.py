@@ -1,4 +1,4 @@
-"""The Hydra callback that ends a sweep with grid.png: every job's images tiled in the sweep folder."""
+"""The Hydra callback that ends a sweep with its grids (sdflow.run.grid_layout), whichever launcher ran its jobs."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ def sweep_grid_callback():
     from hydra.experimental.callback import Callback
 
     class SweepGrid(Callback):
-        """After a multirun, tile every job's images into one grid.png in the sweep folder."""
+        """After a multirun, the sweep's grids in its folder, laid out by the swept keys (``grid.x`` etc. choose)."""
 
         def on_multirun_end(self, config, **kwargs) -> None:
-            if not config.get("grid", True):
+            from ..run.grid_layout import AxisError, grid_setting, write_sweep_grids
+
+            axes = grid_setting(config.get("grid", True))
+            if axes is None:
                 return
-            from pathlib import Path
-
-            from ..info import image_grid
-
-            folder = Path(config.hydra.sweep.dir)
-            if any(folder.rglob("*.png")):
-                log.info("sweep grid: %s", image_grid(folder))
+            try:
+                for path in write_sweep_grids(config.hydra.sweep.dir, **axes):
+                    log.info("sweep grid: %s", path)
+            except AxisError as exc:
+                log.error("no sweep grid: grid.%s", exc)
 
     return SweepGrid

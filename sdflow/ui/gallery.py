@@ -3,6 +3,8 @@
 Every PNG sdflow writes carries ``sdflow`` (JSON: seeds, prompts, models, versions) and ``sdflow_workflow``
 (the workflow as it ran, every ``${...}`` replaced by its value) text chunks; that YAML is a runnable
 workflow, which the API's "run again" submits as a request (sdflow.reproduce makes an image again from Python).
+A sweep's grids (sdflow.run.grid_layout) are listed with them: their ``sdflow_grid`` record says which sweep,
+which axes and which job is in which cell; they carry no workflow (run again runs an image, not a grid).
 """
 
 from __future__ import annotations
@@ -13,22 +15,29 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..run.grid_layout import GRID_CHUNK
+
 
 @dataclass
 class PastImage:
-    """A PNG sdflow wrote, found under one of the gallery folders."""
+    """A PNG sdflow wrote, found under one of the gallery folders: an image, or a sweep's grid (``is_grid``)."""
 
     path: Path
     modified: float
     metadata: dict
     workflow_yaml: str
 
+    @property
+    def is_grid(self) -> bool:
+        return not self.workflow_yaml
+
 
 def read_metadata(png: str | Path) -> tuple[dict, str]:
-    """(the ``sdflow`` record, the ``sdflow_workflow`` YAML) of a PNG; ({}, "") for a PNG sdflow did not write."""
+    """(the ``sdflow`` record, the ``sdflow_workflow`` YAML) of a PNG, or (a sweep grid's record, ""); ({}, "") for a
+    PNG sdflow did not write."""
     with Image.open(png) as image:
         chunks = getattr(image, "text", None) or image.info
-        record, workflow = chunks.get("sdflow"), chunks.get("sdflow_workflow", "")
+        record, workflow = chunks.get("sdflow") or chunks.get(GRID_CHUNK), chunks.get("sdflow_workflow", "")
     try:
         return (json.loads(record) if record else {}), str(workflow or "")
     except ValueError:
@@ -36,7 +45,8 @@ def read_metadata(png: str | Path) -> tuple[dict, str]:
 
 
 def past_images(folders: list[Path] | tuple[Path, ...], limit: int = 200) -> list[PastImage]:
-    """The newest ``limit`` PNGs with sdflow metadata under ``folders`` (previews and hidden folders left out)."""
+    """The newest ``limit`` PNGs with sdflow metadata under ``folders``, sweeps' grids among them (previews and hidden
+    folders left out)."""
     found = []
     for folder in map(Path, folders):
         for path in folder.rglob("*.png") if folder.is_dir() else ():
@@ -49,7 +59,7 @@ def past_images(folders: list[Path] | tuple[Path, ...], limit: int = 200) -> lis
             record, workflow = read_metadata(path)
         except OSError:
             continue
-        if workflow:
+        if workflow or record.get("cells") is not None:  # an image sdflow made, or a sweep's grid
             images.append(PastImage(path, modified, record, workflow))
         if len(images) >= limit:
             break
