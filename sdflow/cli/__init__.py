@@ -2,7 +2,8 @@
 
 ``main`` (main.py) answers ``--help`` from the packaged files, checks the command line and plans every job
 before Hydra creates any folder, then hands Hydra the process's ``Command`` (command.py) as the task function
-of every job; command_line.py reads the arguments; grid.py tiles a sweep's images when it ends.
+of every job; command_line.py reads the arguments; grid.py draws a sweep's grids when it ends, sweep_progress.py
+shows its progress while it runs.
 """
 
 from .main import main
@@ -10,9 +11,13 @@ from .main import main
 __all__ = ["main"]
 
 
-def __getattr__(name):  # Hydra instantiates sdflow.cli.SweepGrid; built on first use, keeping --help import-free
+def __getattr__(name):  # Hydra instantiates sdflow.cli.SweepGrid and SweepProgress, built on first use (--help: none)
     if name == "SweepGrid":
         from .grid import sweep_grid_callback
 
         return sweep_grid_callback()
+    if name == "SweepProgress":
+        from .sweep_progress import sweep_progress_callback
+
+        return sweep_progress_callback()
     raise AttributeError(name)

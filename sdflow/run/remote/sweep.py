@@ -14,7 +14,6 @@ job not run yet fails with that one reason, instead of each waiting for a worker
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -22,6 +21,7 @@ from typing import Callable, Protocol
 from ...engine import RunRecord, WorkflowError
 from ..outputs import RunFolder
 from ..execution import RunResult
+from ..progress import SweepFigures
 from ..sweep import Job, Sweep
 from .worker import JobOutcome, RuntimeUnavailable
 
@@ -92,14 +92,14 @@ class RemoteSweep:
         self.outcomes: dict[int, JobOutcome] = {}
         self.written: set[int] = set()  # jobs whose outcome was taken: a late duplicate is ignored
         self.bar = None
-        self.images_done, self.started = 0, 0.0
+        self.figures = SweepFigures(len(self.jobs))  # the same figures as a local sweep's progress line
         self.stopped: RuntimeUnavailable | None = None  # why the sweep stopped early
 
     def start(self) -> None:
         from tqdm.auto import tqdm
 
         self.pool.start(self.units, self.max_batch)
-        self.started = time.monotonic()
+        self.figures.start()
         self.bar = tqdm(total=len(self.jobs), unit="job", desc=f"sweep on {self.pool}", disable=not self.show_progress,
                         dynamic_ncols=True)
 
@@ -110,11 +110,10 @@ class RemoteSweep:
             self.outcomes[outcome.num] = outcome
             if isinstance(outcome.error, RuntimeUnavailable):
                 self._stop(outcome.error)
-            self.images_done += outcome.images if outcome.error is None else 0
+            self.figures.job_done(outcome.images if outcome.error is None else 0, failed=outcome.error is not None)
             if self.bar is not None:
+                self.bar.set_postfix_str(self.figures.text(), refresh=False)
                 self.bar.update(1)
-                rate = self.images_done / max(time.monotonic() - self.started, 1e-9)
-                self.bar.set_postfix_str(f"{rate:.2f} images/s")
 
     def _stop(self, reason: RuntimeUnavailable) -> None:
         """No worker will run the rest: release the workers; the jobs without an outcome fail with ``reason``."""
