@@ -20,12 +20,13 @@ def random_outputs(controlnet, seed: int, std: float = 0.1):
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    zeroed = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-              controlnet.controlnet_cond_embedding.conv_out]
+    # the image embedding's output much larger: a random one barely tells control images apart otherwise
+    zeroed = [(layer, std) for layer in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block)]
+    zeroed.append((controlnet.controlnet_cond_embedding.conv_out, 10 * std))
     with torch.no_grad():
-        for layer in zeroed:
+        for layer, scale in zeroed:
             for tensor in (layer.weight, layer.bias):
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
     return controlnet
 
 

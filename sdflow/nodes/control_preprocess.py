@@ -4,7 +4,7 @@ OpenCV is not a dependency (it is large, and sdflow needs only this one filter o
 here in numpy: 3x3 Sobel gradients, the L1 magnitude cv2.Canny uses by default, non-maximum suppression along
 four directions, then hysteresis (weak edges kept where they touch a strong one, 8-connected).
 Depth follows transformers' depth-estimation pipeline, which diffusers' ControlNet examples use: the DPT's
-prediction resized (bicubic) to the picture's size and scaled so its maximum is white.
+prediction resized (bicubic) to the picture's size and scaled from its minimum (black) to its maximum (white).
 """
 
 from __future__ import annotations
@@ -75,16 +75,17 @@ def canny(image: Image.Image, low_threshold: float, high_threshold: float) -> Im
 
 
 def dpt_depth(image: Image.Image, depth_estimator, feature_extractor) -> Image.Image:
-    """A DPT depth map of ``image`` at its size, as transformers' depth-estimation pipeline gives it (white = near)."""
+    """A DPT depth map of ``image`` at its size, as transformers' depth-estimation pipeline gives it: the prediction
+    resized by the processor's post-processing, scaled to 0-255 by its minimum and maximum (white = near)."""
     import torch
 
     pixel_values = feature_extractor(images=[image], return_tensors="pt").pixel_values
     with torch.no_grad():
-        depth = depth_estimator(pixel_values.to(depth_estimator.device, depth_estimator.dtype)).predicted_depth
-    depth = torch.nn.functional.interpolate(depth.unsqueeze(1).float(), size=(image.height, image.width),
-                                            mode="bicubic", align_corners=False)[0, 0]
-    array = depth.cpu().numpy()
-    return Image.fromarray((array * 255 / np.max(array)).clip(0, 255).astype(np.uint8)).convert("RGB")
+        outputs = depth_estimator(pixel_values.to(depth_estimator.device, depth_estimator.dtype))
+    depth = feature_extractor.post_process_depth_estimation(outputs, [(image.height, image.width)])[0]["predicted_depth"]
+    array = depth.float().cpu().numpy()
+    array = (array - array.min()) / (array.max() - array.min())
+    return Image.fromarray((array * 255).astype("uint8")).convert("RGB")
 
 
 def as_pixels(images: list[Image.Image]) -> torch.Tensor:
