@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from parity import as_nhwc, assert_parity, generators, sd_pipeline
+from parity import as_nhwc, assert_parity, generators, max_diff, sd_pipeline
 from sdflow.api import run_workflow
 from sdflow.engine import ComponentCache, ValidationError
 from sdflow.nodes.records import LoraLoad
@@ -167,3 +167,21 @@ def test_reproduce_round_trips_img2img_with_a_lora_and_a_fused_sweep_job(lora_fi
     from_sweep = reproduce(job_png, output_dir=tmp_path / "again_sweep")
     assert from_sweep.max_difference <= 1  # made alone instead of in its batch: at most one 8-bit level
     assert any("fused sweep batch" in note for note in from_sweep.notes)
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_a_lora_on_an_offloaded_model_gives_the_plain_pixels_and_leaves_the_base_offloaded(lora_files, tmp_path, mode):
+    from sdflow.nodes.offload import offload_mode
+
+    spec = f"[{{path:'{lora_files['both']}',weight:0.8}}]"
+    args = ["model=tiny", f"loras={spec}", f"prompt={PROMPT}", "seed=3", "steps=4", "runtime.output_cache=false"]
+    plain = run_workflow("text2img", args, output_dir=tmp_path / "plain", cache=ComponentCache())
+    cache = ComponentCache()
+    offloaded = run_workflow("text2img", args + [f"runtime.offload={mode}"], output_dir=tmp_path / mode, cache=cache)
+    assert max_diff(as_nhwc(offloaded.outputs["decode"]["image"].pixels),
+                    as_nhwc(plain.outputs["decode"]["image"].pixels)) <= 1e-6
+    # the LoRA went onto a copy taken off the hooks and put back on the same ones; the cached base stays offloaded
+    assert offload_mode(offloaded.outputs["lora"]["unet"])[0] == mode
+    (unet_key,) = [key for key in cache.keys() if key[1] == "unet"]
+    base = cache.get(unet_key, load=lambda: pytest.fail("the UNet was not kept"))
+    assert offload_mode(base)[0] == mode and base is not offloaded.outputs["lora"]["unet"]

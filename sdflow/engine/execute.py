@@ -56,6 +56,7 @@ class RunContext:
     vae_slicing: bool = False  # runtime.vae_slicing: a batch encoded/decoded one image at a time (diffusers' slicing)
     vae_tiling: bool = False  # runtime.vae_tiling: large images encoded/decoded in overlapping tiles (diffusers' tiling)
     attention_slicing: str | int | None = None  # runtime.attention_slicing: "auto", "max" or a slice size; None: off
+    offload: str = "none"  # runtime.offload: loaders hand out models resting in CPU memory ("model", "sequential")
     output_cache: OutputCache | None = None  # None: every node runs (runtime.output_cache=false)
     # what a node's outputs depend on besides its parameters and inputs (the files they name), for its cache key;
     # it may raise OSError (a file gone): the node is then not reused

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..engine import Input, Param, RunContext, node
 from ..models.single_file import is_pickle, tensor_shapes
 from ..models.model_source import SourceError
+from .offload import editable_copy, offloaded_like
 from .types import TEXT_ENCODER, TOKENIZER, UNET
 from .records import AdapterFile, EmbeddingLoad, LoraLoad
 
@@ -108,8 +109,9 @@ def apply_loras(unet, text_encoders: dict, entries: list[dict]):
 
     loader = StableDiffusionXLLoraLoaderMixin if text_encoders.get("text_encoder_2") is not None else \
         StableDiffusionLoraLoaderMixin
-    unet = copy.deepcopy(unet)
-    text_encoders = {name: copy.deepcopy(module) for name, module in text_encoders.items() if module is not None}
+    originals = {"unet": unet, **text_encoders}
+    unet = editable_copy(unet)  # (off its offload hooks, if any: put back on them below)
+    text_encoders = {name: editable_copy(module) for name, module in text_encoders.items() if module is not None}
     names = []
     for index, entry in enumerate(entries):
         state, alphas, metadata = loader.lora_state_dict(str(Path(entry["path"]).expanduser()), return_lora_metadata=True)
@@ -123,7 +125,8 @@ def apply_loras(unet, text_encoders: dict, entries: list[dict]):
         unet.set_adapters([n for n, _ in names], [w for _, w in names])
         unet.fuse_lora(lora_scale=1.0, adapter_names=[n for n, _ in names])
         unet.unload_lora()
-    return unet, text_encoders
+    return (offloaded_like(unet, originals["unet"]),
+            {name: offloaded_like(module, originals[name]) for name, module in text_encoders.items()})
 
 
 def merge_text_encoder_lora(encoder, state: dict, alphas: dict | None, metadata: dict | None, prefix: str,
@@ -274,13 +277,14 @@ def apply_textual_inversions(pairs: dict, entries: list[dict]) -> dict:
     from diffusers.loaders import TextualInversionLoaderMixin
 
     holder = type("Encoders", (_Encoders, TextualInversionLoaderMixin), {})()
-    pairs = {name: (copy.deepcopy(tokenizer), copy.deepcopy(encoder)) for name, (tokenizer, encoder) in pairs.items()}
+    originals = {name: encoder for name, (_, encoder) in pairs.items()}
+    pairs = {name: (copy.deepcopy(tokenizer), editable_copy(encoder)) for name, (tokenizer, encoder) in pairs.items()}
     for entry in entries:
         state = load_embedding(Path(entry["path"]).expanduser())
         for name, (tokenizer, encoder) in pairs.items():
             part = state[SDXL_KEYS[name]] if SDXL_KEYS[name] in state else state
             holder.load_textual_inversion(part, token=entry["token"], tokenizer=tokenizer, text_encoder=encoder)
-    return pairs
+    return {name: (tokenizer, offloaded_like(encoder, originals[name])) for name, (tokenizer, encoder) in pairs.items()}
 
 
 @node(

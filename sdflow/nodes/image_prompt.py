@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..engine import Input, RunContext, node
 from .images import pixels_to_pil
 from .load_model import MISSING_COMPONENT_HINTS
+from .offload import compute_device
 from .types import EMBEDDINGS, IMAGE, IMAGE_ENCODER, IMAGE_PROCESSOR, EmbeddingFacts, Embeddings, Images
 
 def check_encode_image_prompt(params, inputs_meta, ctx):
@@ -37,6 +38,6 @@ def encode_image_prompt(ctx: RunContext, image_encoder, feature_extractor, image
     # The processor gets the same PIL image the pipeline would (pixels are exact multiples of 1/255).
     pixel_values = feature_extractor(images=pixels_to_pil(image.pixels), return_tensors="pt").pixel_values
     with torch.no_grad():
-        embeds = image_encoder(pixel_values.to(device=image_encoder.device, dtype=image_encoder.dtype)).image_embeds
+        embeds = image_encoder(pixel_values.to(device=compute_device(image_encoder), dtype=image_encoder.dtype)).image_embeds
     positive = embeds.unsqueeze(1)
     return {"embeddings": Embeddings(positive, torch.zeros_like(positive), prompts=[""], negative_prompts=[""])}

@@ -13,6 +13,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..engine import Input, Param, RunContext, node
 from .memory import free_memory, is_out_of_memory, record_fallback
+from .offload import editable_copy, offloaded_like
 from .types import (SEEDS, IMAGE, LATENTS, VAE, ImageFacts, Images, LatentFacts, Latents, all_finite, check_seed_batch,
                     generators_for, seeds_list)
 from .records import Seeds
@@ -256,11 +257,10 @@ def vae_modes(ctx: RunContext, vae):
 def decode_in_float32(ctx: RunContext, vae, samples: torch.Tensor) -> torch.Tensor:
     """A half-precision VAE overflowed (NaN/Inf, as SD's and SDXL's VAEs can in float16): decode again in float32,
     as diffusers' upcast_vae does, with a copy (the cached VAE stays as loaded); recorded as a fallback."""
-    import copy
 
     record_fallback(ctx, "float32_retry", f"the {str(vae.dtype).replace('torch.', '')} VAE decode gave NaN/Inf values; "
                     "decoded again in float32")
-    upcast = copy.deepcopy(vae).float()
+    upcast = offloaded_like(editable_copy(vae).float(), vae)
     decoded = decode_in_halves(ctx, upcast, samples.float() / vae.config.scaling_factor)
     return decoded.clamp(-1, 1).to(vae.dtype)  # (the pixels' range [0, 1] is exact enough in half precision)
 

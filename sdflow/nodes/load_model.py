@@ -14,6 +14,7 @@ from ..models.weight_files import weights_problem
 from .types import (DEPTH_ESTIMATOR, IMAGE_ENCODER, IMAGE_PROCESSOR, SAFETY_CHECKER, SCHEDULER, TEXT_ENCODER,
                     TOKENIZER, UNET, VAE, ComponentFacts, ImageEncoderFacts, SafetyChecker, SchedulerFacts,
                     TextEncoderFacts, UNetFacts)
+from .offload import offloaded
 from .records import ModelLoad
 from .vae_facts import vae_facts
 
@@ -91,7 +92,7 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
     is_module = component in MODULE_COMPONENTS
     compiled = ctx.compile and component in COMPILED_COMPONENTS
     key = (source.location, component, ctx.dtype if is_module else "-", ctx.device if is_module else "-") + (
-        ("compiled",) if compiled else ())
+        ("compiled",) if compiled else ()) + ((f"offload={ctx.offload}",) if is_module and ctx.offload != "none" else ())
 
     # a single-file checkpoint: its modules are converted from the file, the rest read from its configs folder
     where = str(source.folder) if source.file is not None else source.location
@@ -112,7 +113,7 @@ def load_component(ctx: RunContext, source: ModelSource, component: str, allow_p
                 model = load_single_file_component(source, component, kwargs["torch_dtype"])
             else:
                 model = cls.from_pretrained(where, **kwargs)
-            model = model.to(ctx.device).eval().requires_grad_(False)
+            model = offloaded(model.eval().requires_grad_(False), ctx.offload, ctx.device)
             return compile_module(model, component, ctx.device, ctx.compile) if compiled else model
         return cls.from_pretrained(where, **kwargs)
 

@@ -16,6 +16,7 @@ from ..engine import Input, ModelSourceError, Param, RunContext, node
 from ..models.single_file import is_pickle, load_checkpoint, tensor_shapes
 from ..models.model_source import SourceError
 from .load_model import model_load
+from .offload import offloaded
 from .types import VAE, VAEFacts
 from .vae_facts import vae_facts
 
@@ -120,12 +121,13 @@ def load_vae(ctx: RunContext, vae, source: str):
             model = AutoencoderKL.from_pretrained(where, torch_dtype=dtype, use_safetensors=True)
         if model.dtype != dtype:
             model = model.to(dtype=dtype)
-        return model.to(ctx.device).eval().requires_grad_(False)
+        return offloaded(model.eval().requires_grad_(False), ctx.offload, ctx.device)
 
     path = Path(os.path.expanduser(source))
     where = str(path.resolve()) if path.exists() else source
     # keyed by the replaced VAE's config too: a single file takes that config
-    key = (f"vae:{where}", "vae", ctx.dtype, ctx.device, json.dumps(dict(vae.config), sort_keys=True, default=str))
+    key = (f"vae:{where}", "vae", ctx.dtype, ctx.device, json.dumps(dict(vae.config), sort_keys=True, default=str),
+           ctx.offload)
     try:
         swapped = ctx.cache.get(key, load)
     except (OSError, ValueError, RuntimeError) as exc:

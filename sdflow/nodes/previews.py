@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from PIL import Image
 
 from ..engine import RunContext
+from .offload import compute_device
 from .types import VAE
 
 if TYPE_CHECKING:
@@ -130,8 +131,7 @@ def fit_latent_rgb(vae, size: int = 64) -> torch.Tensor:
     blocks = F.interpolate(torch.rand(24, channels, 4, 4, generator=generator), size=(size, size), mode="nearest")
     images = torch.cat([solid, blocks])
     with torch.no_grad():
-        param = next(vae.parameters())
-        latents = vae.encode((images * 2 - 1).to(param.device, param.dtype)).latent_dist.mean.float().cpu()
+        latents = vae.encode((images * 2 - 1).to(compute_device(vae), vae.dtype)).latent_dist.mean.float().cpu()
     latents = latents * vae.config.scaling_factor
     pixels = F.interpolate(images[:, :3], size=latents.shape[-2:], mode="area")
     x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from ..engine import Problem
 from .load_model import DTYPES
+from .offload import OFFLOAD_MODES
 
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 
@@ -31,6 +32,13 @@ def check_runtime(runtime: Mapping) -> list[Problem]:
     for switch in ("output_cache", "vae_slicing", "vae_tiling"):
         if not isinstance(runtime.get(switch, False), bool):
             _problem(problems, switch, f"expected true or false, given {runtime.get(switch)!r}")
+    offload = runtime.get("offload") or "none"
+    if offload not in OFFLOAD_MODES:
+        _problem(problems, "offload", f"expected one of {', '.join(OFFLOAD_MODES)}, given {offload!r}")
+    elif offload != "none" and runtime.get("compile", False) not in (False, None, "false", "False"):
+        # accelerate's hooks move weights inside the forward: torch.compile would trace around them, or not at all
+        _problem(problems, "offload", f"runtime.offload={offload} cannot be combined with runtime.compile; "
+                 "choose one (offload saves GPU memory, compile saves time)")
     budget = runtime.get("output_cache_mb")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0):
         _problem(problems, "output_cache_mb", f"expected a number of MiB >= 0 (or null: no bound), given {budget!r}")
@@ -69,10 +77,13 @@ def check_hardware(runtime: Mapping, weight_bytes: int | None = None) -> list[Pr
             _problem(problems, "dtype", f"{torch.cuda.get_device_name(device)} does not compute in bfloat16; run with "
                      "runtime.dtype=float16")
         free, _ = torch.cuda.mem_get_info(device)
+        if runtime.get("offload") == "sequential":  # (one layer's weights at a time: no whole model need fit)
+            weight_bytes = None
         if weight_bytes and weight_bytes > free:
             _problem(problems, "device", f"{torch.cuda.get_device_name(device)} ({device}) has {free / 2**30:.1f} "
                      f"GiB free, and the models' weights take at least {weight_bytes / 2**30:.1f} GiB"
-                     + ("; load them in float16 (runtime.dtype=float16)" if dtype == "float32" else ""))
+                     + ("; load them in float16 (runtime.dtype=float16)" if dtype == "float32" else
+                        "; keep them in CPU memory between uses (runtime.offload=model or sequential)"))
     elif kind == "mps":
         import torch
 

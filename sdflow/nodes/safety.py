@@ -8,6 +8,7 @@ import numpy as np
 
 from ..engine import Input, Param, RunContext, node
 from .images import pixels_to_pil
+from .offload import compute_device
 from .types import IMAGE, SAFETY_CHECKER, Images, SafetyChecker
 from .records import SafetyReport, SafetySkipped
 
@@ -37,7 +38,7 @@ def safety_check(ctx: RunContext, image: Images, safety_checker: SafetyChecker |
     clip_input = safety_checker.feature_extractor(pixels_to_pil(image.pixels), return_tensors="pt").pixel_values
     model = safety_checker.model
     with torch.no_grad():
-        _, has_nsfw = model(images=np.copy(array), clip_input=clip_input.to(device=model.device, dtype=model.dtype))
+        _, has_nsfw = model(images=np.copy(array), clip_input=clip_input.to(device=compute_device(model), dtype=model.dtype))
     flags = [bool(f) for f in has_nsfw]
     pixels = image.pixels.clone()
     for i, is_flagged in enumerate(flags):

@@ -102,13 +102,14 @@ def run_context(plan: Plan, config: DictConfig, cache: ComponentCache | None = N
     device, dtype = str(runtime.get("device", "cpu")), str(runtime.get("dtype", "float32"))
     vae_modes = {mode: bool(runtime.get(mode, False)) for mode in ("vae_slicing", "vae_tiling")}
     slicing = attention_slicing(runtime)
+    offload = str(runtime.get("offload") or "none")
     ctx = RunContext(cache=cache if cache is not None else process_cache(), device=device, dtype=dtype,
                      progress=progress, compile=runtime_compile(runtime), output_cache=output_cache(runtime),
-                     fingerprint=stamps, attention_slicing=slicing, **vae_modes)
+                     fingerprint=stamps, attention_slicing=slicing, offload=offload, **vae_modes)
     # attention: diffusers' default processors call torch's scaled_dot_product_attention (which picks its kernel);
     # sliced, its SlicedAttnProcessor computes the heads a slice at a time
     recorded = {"device": device, "dtype": dtype, "attention": "sdpa" if slicing is None else f"sliced ({slicing})",
-                **{mode: True for mode, on in vae_modes.items() if on}}
+                **{mode: True for mode, on in vae_modes.items() if on}, **({"offload": offload} if offload != "none" else {})}
     ctx.record = RunRecord(workflow_file=plan.workflow.path, workflow_yaml=resolved_workflow_yaml(plan),
                            versions=dict(versions()), runtime=recorded, warnings=prompt_warnings(config, plan))
     every = int(config.get("preview_every") or 0)
