@@ -83,6 +83,35 @@ def test_ctrl_c_says_what_was_saved_and_exits_130(tmp_path):
     assert "Traceback" not in stderr
 
 
+def test_ctrl_c_is_answered_within_seconds_while_torch_is_inside_one_long_operation(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    # A 512x512 input: the tiny VAE's attention over its 256x256 latent is one torch operation of tens of seconds
+    # (Python sees a signal only between two of its lines: before, Ctrl-C waited 15-45 s for the encode to end).
+    Image.fromarray((np.random.RandomState(0).rand(512, 512, 3) * 255).astype("uint8")).save(tmp_path / "big.png")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "sdflow.cli", "workflow=img2img", "model=tiny", "image=big.png",
+                            "steps=1", "strength=1.0", "hydra.run.dir=out"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "out" / "manifest.json"
+    deadline = time.time() + 120
+    while not manifest.exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.1)
+    time.sleep(8)  # the models are loaded and the encode has begun
+    assert run.poll() is None
+    run.send_signal(signal.SIGINT)
+    sent = time.time()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert time.time() - sent < 6, f"Ctrl-C answered after {time.time() - sent:.1f} s"
+    assert "interrupted; 0 image(s) were saved before it" in stderr and "Traceback" not in stderr
+    assert json.loads(manifest.read_text())["status"] == "interrupted"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".hydra", "manifest.json", "sdflow.log"]  # no image
+
+
 def test_a_gpu_runtime_without_a_gpu_is_a_validation_error_with_the_rest(tmp_path, monkeypatch):
     import pytest
     import torch

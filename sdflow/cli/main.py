@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from .answer_ctrl_c import exit_now_if_work_abandoned, run_answering_ctrl_c
 from .command import Command
 from .command_line import asks_hydra_only, is_multirun, launches_elsewhere, output_folder, split_command_line
 
@@ -31,9 +32,11 @@ def main() -> None:
     _note_interrupts(command)
     try:
         if argv[:1] == ["reproduce"]:
-            reproduce_command(argv[1:], command)
+            run_answering_ctrl_c(lambda: reproduce_command(argv[1:], command))
+        elif is_multirun(argv) and launches_elsewhere(argv):
+            _run(argv, command)  # (here the work is waiting on Ray or Slurm, which Ctrl-C reaches: the workers stop)
         else:
-            _run(argv, command)
+            run_answering_ctrl_c(lambda: _run(argv, command))
     except KeyboardInterrupt:
         _report_interrupt(command)
     except Exception as exc:  # noqa: BLE001  (every fault becomes one line; SDFLOW_DEBUG=1 shows the traceback)
@@ -132,6 +135,7 @@ def _note_interrupts(command: Command) -> None:
 def _report_interrupt(command: Command) -> None:
     print(f"sdflow: interrupted; {len(command.saved)} image(s) were saved before it"
           + "".join(f"\n  {p}" for p in command.saved), file=sys.stderr)
+    exit_now_if_work_abandoned(130)
     sys.exit(130)
 
 

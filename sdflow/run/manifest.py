@@ -115,6 +115,7 @@ def run_manifest(folder: str | Path, workflow: str = "", record: RunRecord | Non
         if earlier is not None:
             run["earlier_runs"] = earlier.pop("earlier_runs", []) + [earlier]
         _write(folder, run)
+    _running.add(folder)
 
     def end(status: str, error: BaseException | None = None):
         def change(entry):
@@ -133,4 +134,18 @@ def run_manifest(folder: str | Path, workflow: str = "", record: RunRecord | Non
     except BaseException as exc:
         end("failed", exc)
         raise
-    end("done")
+    else:
+        end("done")
+    finally:
+        _running.discard(folder)
+
+
+_running: set[Path] = set()  # the folders whose run in this process has not ended yet
+
+
+def interrupt_running_runs() -> None:
+    """Say ``interrupted`` in the manifest of every run of this process still going: the command answers Ctrl-C
+    while a run's thread is inside one long operation (a huge decode), and exits before the run can say it."""
+    for folder in list(_running):
+        _update(folder, lambda entry: entry.update(status="interrupted", ended=now()))
+
