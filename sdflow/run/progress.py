@@ -103,8 +103,11 @@ class _AboveTheBar(io.TextIOBase):
         return self.stream.fileno()
 
     @property
-    def encoding(self):  # noqa: D401  (the wrapped stream's)
+    def encoding(self):  # the wrapped stream's
         return getattr(self.stream, "encoding", "utf-8")
+
+    def __getattr__(self, name: str):  # anything else (``buffer``, ``errors``...): the wrapped stream's
+        return getattr(self.stream, name)
 
 
 @dataclass
