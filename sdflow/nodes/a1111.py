@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__
 from ..engine import Plan, RunContext, RunRecord, value_for_image
-from .records import Denoising, EmbeddingLoad, LoraLoad, ModelLoad, PromptEncoding
+from .records import ControlNetUse, Denoising, EmbeddingLoad, LoraLoad, ModelLoad, PromptEncoding
 
 # diffusers scheduler classes by the sampler names A1111 gives them (others are written as the class name).
 SAMPLER_NAMES = {
@@ -88,12 +88,30 @@ def settings_for_image(plan: Plan, record: RunRecord, save_id: str, seed: int | 
             settings["Model"] = model_name(model.source)
         if isinstance(made.strength, (int, float)) and made.strength < 1.0:  # img2img: the share of the schedule run
             settings["Denoising strength"] = made.strength
+        settings.update(controlnet_units(plan, record, denoise))
     else:
         settings["Seed"] = seed
         settings["Size"] = f"{size[0]}x{size[1]}"
     settings.update(adapter_hashes(record))
     settings["Version"] = f"sdflow {__version__}"
     return str(prompt), str(negative), settings
+
+
+def controlnet_units(plan: Plan, record: RunRecord, denoise: str) -> dict[str, str]:
+    """A1111's ControlNet extension's "ControlNet 0", "ControlNet 1"... settings, of the ControlNets wired into the
+    denoise loop, in the order they were chained."""
+    chain, ref = [], plan.nodes[denoise].inputs.get("control")
+    while ref is not None:  # from the last ControlNet back through each one's 'control' input
+        chain.insert(0, ref.node)
+        ref = plan.nodes[ref.node].inputs.get("control")
+    units = [record.get(ControlNetUse, n) for n in chain]
+    out = {}
+    for index, unit in enumerate(u for u in units if u is not None):
+        model = model_name(unit.source) + (f" [{unit.model_hash}]" if unit.model_hash else "") if unit.source else "None"
+        mode = "ControlNet is more important" if unit.guess_mode else "Balanced"
+        out[f"ControlNet {index}"] = (f"Model: {model}, Weight: {unit.scale}, Guidance Start: {unit.start}, "
+                                      f"Guidance End: {unit.end}, Control Mode: {mode}")
+    return out
 
 
 def adapter_hashes(record: RunRecord) -> dict[str, str]:

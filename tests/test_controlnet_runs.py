@@ -1,0 +1,92 @@
+"""ControlNet runs: sweeps over the control image fuse into one batch (per-image control images) and every job shares
+one load of the ControlNet; each PNG records the ControlNet, its hash, its control image's hash and the scales (in
+sdflow's JSON and as A1111's "ControlNet 0" setting); the web form shows the ControlNet fields."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from parity import TOLERANCE, max_diff
+from sdflow.api import compose_config, plan_workflow, run_plan, run_workflow
+from sdflow.engine import ComponentCache
+from sdflow.models.hashes import file_sha256
+from sdflow.nodes.a1111 import parse_parameters
+from sdflow.run.sweep import Job, Sweep
+from sdflow.ui.form import load_form
+from sdflow.workflows import workflow_path
+
+
+@pytest.fixture(scope="module")
+def controlnet(tiny_sd, tmp_path_factory):
+    from sdflow.models.tiny_controlnet import build_controlnet
+
+    return build_controlnet(tiny_sd, tmp_path_factory.mktemp("controlnet") / "cn")
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("maps")
+    rng = np.random.default_rng(11)
+    paths = []
+    for i in range(2):
+        paths.append(folder / f"map{i}.png")
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def base(controlnet, image):
+    return ["workflow=controlnet", "model=tiny", "steps=2", "seed=4", f"controlnet={controlnet}",
+            f"control_image={image}"]
+
+
+def test_a_sweep_over_control_images_is_one_batch_and_the_controlnet_loads_once(controlnet, maps, tmp_path):
+    overrides = [base(controlnet, maps[0]), base(controlnet, maps[1]), base(controlnet, maps[0]) + ["control_scale=0.5"]]
+    jobs = []
+    for num, job_overrides in enumerate(overrides):
+        config = compose_config(job_overrides)
+        jobs.append(Job(num, tuple(job_overrides), config, plan_workflow(config)))
+    sweep = Sweep(jobs, max_batch=8)
+    assert sweep.batch_of[0] is sweep.batch_of[1]  # the control image is per image: two jobs, one batch
+    assert 2 not in sweep.batch_of  # the scale is the whole loop's: that job runs alone
+    cache = ComponentCache()
+    sweep.batch_of[0].run(cache)
+    fused = sweep.batch_of[0].images[("save", "image")].pixels
+    sweep.run_job(2, tmp_path / "2", cache=cache)
+    controlnet_keys = [k for k in cache.keys() if str(k[0]).startswith("controlnet:")]
+    assert len(controlnet_keys) == 1 and cache.stats.loads == 6  # the model's 5 parts and the ControlNet, once
+    for index, job in enumerate(jobs[:2]):
+        alone = run_plan(job.plan, job.config, tmp_path / f"alone{index}", cache=cache, progress=False)
+        assert max_diff(fused[index: index + 1].numpy(), alone.outputs["safety"]["image"].pixels.numpy()) <= TOLERANCE
+    assert max_diff(fused[0].numpy(), fused[1].numpy()) > 100 * TOLERANCE  # each image had its own control image
+
+
+def test_each_png_records_the_controlnet_its_hash_the_control_image_and_the_scales(controlnet, maps, tmp_path):
+    result = run_workflow("controlnet", base(controlnet, maps[1])[1:] + ["control_scale=0.7", "control_end=0.5"],
+                          output_dir=tmp_path)
+    png = next(p for p in result.saved if p.name.startswith("controlnet"))
+    with Image.open(png) as image:
+        record, parameters = json.loads(image.text["sdflow"]), parse_parameters(image.text["parameters"])
+    weights = controlnet / "diffusion_pytorch_model.safetensors"
+    assert record["models"]["controlnet_model"]["sha256"] == {weights.name: file_sha256(weights)}
+    unit = record["controlnets"]["control"]
+    prepared = np.asarray(Image.open(maps[1]).convert("RGB"))  # 64x64 already: prepared as is
+    assert unit["image_sha256"] == [hashlib.sha256(prepared.tobytes()).hexdigest()]
+    assert (unit["source"], unit["scale"], unit["start"], unit["end"], unit["guess_mode"]) == (
+        str(controlnet), 0.7, 0.0, 0.5, False)
+    assert parameters["ControlNet 0"] == (f"Model: cn [{file_sha256(weights)[:8]}], Weight: 0.7, Guidance Start: 0.0, "
+                                          "Guidance End: 0.5, Control Mode: Balanced")
+
+
+def test_the_web_form_shows_the_controlnet_fields():
+    form = {f.key: f for f in load_form(workflow_path("controlnet"), compose_config([]))}
+    assert (form["control_image"].kind, form["control_image"].per_image) == ("file", True)
+    scale = form["control_scale"]
+    assert (scale.kind, scale.minimum, scale.default, scale.feeds) == ("float", 0.0, 1.0, ("control.scale",))
+    assert (form["control_start"].maximum, form["control_end"].default) == (1.0, 1.0)
+    assert form["guess_mode"].kind == "bool" and form["save_control"].kind == "bool"
+    assert form["control_preprocess"].choices == ("none", "canny", "depth")
