@@ -90,3 +90,31 @@ def test_the_web_form_shows_the_controlnet_fields():
     assert (form["control_start"].maximum, form["control_end"].default) == (1.0, 1.0)
     assert form["guess_mode"].kind == "bool" and form["save_control"].kind == "bool"
     assert form["control_preprocess"].choices == ("none", "canny", "depth")
+
+
+def test_a_single_safetensors_file_loads_as_its_folder_does(controlnet, maps, tmp_path):
+    import shutil
+
+    single = tmp_path / "single" / "my_controlnet.safetensors"
+    single.parent.mkdir()
+    shutil.copy(controlnet / "diffusion_pytorch_model.safetensors", single)
+    shutil.copy(controlnet / "config.json", single.parent / "config.json")  # its config, found beside it
+    images = [run_workflow("controlnet", base(source, maps[0])[1:], output_dir=tmp_path / name).outputs["decode"]["image"]
+              for name, source in (("folder", controlnet), ("file", single))]
+    assert (images[0].pixels == images[1].pixels).all()
+
+
+def test_the_offline_command_makes_a_controlnet_for_the_shapes_model_and_runs_it(tmp_path):
+    from sdflow.models.tiny_controlnet import main
+
+    assert main(["builtin:shapes", str(tmp_path / "shapes-controlnet")]) == 0
+    picture = np.zeros((64, 64, 3), dtype=np.uint8)
+    picture[16:48, 8:40] = 255
+    Image.fromarray(picture).save(tmp_path / "square.png")
+    result = run_workflow("controlnet", [f"controlnet={tmp_path / 'shapes-controlnet'}", "steps=4",
+                                         f"control_image={tmp_path / 'square.png'}", "control_preprocess=canny"],
+                          output_dir=tmp_path / "out")
+    assert len(result.saved) == 1
+    with Image.open(result.saved[0]) as image:
+        assert json.loads(image.text["sdflow"])["controlnets"]["control"]["source"] == str(tmp_path / "shapes-controlnet")
+    assert result.outputs["control_image"]["image"].pixels.amax() == 1.0  # canny found the square's edges

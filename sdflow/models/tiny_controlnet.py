@@ -6,7 +6,7 @@ moves the output: ``random_outputs`` fills those zero layers with small random w
 No trained ControlNet ships with sdflow; this makes an untrained one for a model folder (the tiny models,
 or the offline ``shapes`` model) in diffusers' folder format (config.json + safetensors)::
 
-    python -m sdflow.models.tiny_controlnet builtin:tiny controlnet-folder
+    python -m sdflow.models.tiny_controlnet builtin:shapes shapes-controlnet
 """
 
 from __future__ import annotations
@@ -76,12 +76,10 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m sdflow.models.tiny_controlnet MODEL OUT_FOLDER  (MODEL: a folder or builtin:NAME)")
         return 2
-    model, out = argv
-    if model.startswith("builtin:"):
-        from .builtin import builtin_model
+    from .sources import resolve_source
 
-        model = str(builtin_model(model.split(":", 1)[1]))
-    print(build_controlnet(Path(model), Path(out)))
+    model, out = argv
+    print(build_controlnet(resolve_source(model).folder, Path(out)))
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..engine import Input, ModelSourceError, Param, RunContext, node
 from ..models.model_source import read_json
-from ..models.single_file import is_pickle
+from ..models.single_file import is_pickle, load_checkpoint, tensor_shapes
 from ..models.weight_files import safetensors_problem, weights_problem
 from .control_preprocess import canny, dpt_depth
 from .images import check_image_file, open_image, over_max_pixels, pixels_to_pil
@@ -123,7 +123,12 @@ def load_controlnet(ctx: RunContext, source: str, config: str, allow_pickle: boo
 
         dtype = getattr(torch, ctx.dtype)
         folder = config_folder(source, config)
-        if path.is_file():
+        if path.is_file() and any(name.startswith("controlnet_cond_embedding.") for name in tensor_shapes(path)):
+            # a diffusers ControlNet's weights as one file: its own tensor names, nothing to convert
+            model = ControlNetModel.from_config(ControlNetModel.load_config(str(folder)))
+            model.load_state_dict(load_checkpoint(path))
+            model = model.to(dtype=dtype)
+        elif path.is_file():  # the original layout (lllyasviel's control_*.safetensors): diffusers converts it
             model = ControlNetModel.from_single_file(str(path), config=str(folder), torch_dtype=dtype,
                                                      local_files_only=True)
         else:
