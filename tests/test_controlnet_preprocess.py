@@ -103,3 +103,24 @@ def test_canny_map_saved_beside_the_images_and_taken_as_diffusers_takes_it(tiny_
                     generator=generators([2]), output_type="np").images
 
     assert_parity(as_nhwc(result.outputs["decode"]["image"].pixels), theirs(edges), theirs(picture))
+
+
+def test_a_depth_map_from_a_depth_models_dpt_through_the_workflow(tiny_sd, tiny_depth_parts, tmp_path):
+    import yaml
+
+    from sdflow.models.tiny_controlnet import build_controlnet
+    from sdflow.workflows import WORKFLOWS_DIR
+
+    workflow = yaml.safe_load((WORKFLOWS_DIR / "controlnet.yaml").read_text())
+    workflow["nodes"]["dpt"] = {"type": "load_model", "source": "builtin:tiny-depth"}
+    workflow["nodes"]["control_image"].update(depth_estimator="dpt.depth_estimator",
+                                              feature_extractor="dpt.feature_extractor")
+    path = tmp_path / "controlnet_depth.yaml"
+    path.write_text(yaml.safe_dump(workflow, sort_keys=False))
+    picture = Image.fromarray(np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    picture.save(tmp_path / "picture.png")
+    result = run_workflow(str(path), ["model=tiny", f"controlnet={build_controlnet(tiny_sd, tmp_path / 'cn')}",
+                                      f"control_image={tmp_path / 'picture.png'}", "control_preprocess=depth",
+                                      "save_control=true", "steps=2"], output_dir=tmp_path / "out")
+    saved = next(p for p in result.saved if p.name.startswith("control_image"))
+    assert (np.asarray(Image.open(saved)) == np.asarray(dpt_depth(picture, *tiny_depth_parts))).all()

@@ -1,4 +1,5 @@
-"""Parity with diffusers' StableDiffusionControlNetPipeline (one ControlNet, two through MultiControlNetModel,
+"""Parity with diffusers' StableDiffusionControlNetPipeline (one ControlNet, two through MultiControlNetModel
+(workflow controlnet_multi),
 a start/end window, guess mode, per-image control images), fp32, CPU, max abs diff <= 1e-4.
 
 The ControlNets are made by ControlNetModel.from_unet from the tiny UNet, their zero layers given random weights
@@ -10,12 +11,10 @@ from __future__ import annotations
 import diffusers
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from parity import as_nhwc, assert_parity, generators
 from sdflow.api import run_workflow
-from sdflow.workflows import WORKFLOWS_DIR
 
 PROMPT = "a red circle on the left"
 STEPS = 4
@@ -99,27 +98,12 @@ def test_guess_mode_and_per_image_control_images_match_controlnet_pipeline(pipe,
     assert_parity(got, want, swapped)
 
 
-def multi_workflow(tmp_path, controlnet, image):
-    """The controlnet workflow with a second ControlNet chained after the first (its 'control' input)."""
-    workflow = yaml.safe_load((WORKFLOWS_DIR / "controlnet.yaml").read_text())
-    nodes = workflow["nodes"]
-    nodes["controlnet_model_2"] = {"type": "load_controlnet", "source": str(controlnet)}
-    nodes["control_image_2"] = {**nodes["control_image"], "path": str(image)}
-    nodes["control_2"] = {**nodes["control"], "controlnet": "controlnet_model_2.controlnet",
-                          "image": "control_image_2.image", "control": "control.control", "scale": 0.5,
-                          "start": 0.0, "end": 0.5}
-    nodes["denoise"]["control"] = "control_2.control"
-    path = tmp_path / "multi.yaml"
-    path.write_text(yaml.safe_dump(workflow, sort_keys=False))
-    return path
-
-
 def test_two_controlnets_match_multicontrolnet_pipeline(tiny_sd, controlnets, control_files, tmp_path):
-    workflow = multi_workflow(tmp_path, controlnets[1], control_files[1])
     images = [Image.open(p) for p in control_files]
     multi = pipeline(tiny_sd, controlnets)
-    got = ours(workflow, f"controlnet={controlnets[0]}", f"control_image={control_files[0]}", "seed=3",
-               output_dir=tmp_path)
+    got = ours("controlnet_multi", f"controlnet={controlnets[0]}", f"control_image={control_files[0]}", "seed=3",
+               f"controlnet_2={controlnets[1]}", f"control_image_2={control_files[1]}", "control_scale_2=0.5",
+               "control_end_2=0.5", output_dir=tmp_path)
     want = theirs(multi, images, controlnet_conditioning_scale=[1.0, 0.5], control_guidance_start=[0.0, 0.0],
                   control_guidance_end=[1.0, 0.5])
     first_only = theirs(multi, images, controlnet_conditioning_scale=[1.0, 0.0])  # the second ControlNet matters
