@@ -211,3 +211,17 @@ def test_the_grid_setting(tmp_path):
                                                                                   "z": "prompt"}
     assert grid_setting(compose_config(["grid=false"]).grid) is None
     assert grid_setting(compose_config(["grid=true"]).grid) == {"x": None, "y": None, "z": None}
+
+
+def test_the_end_of_sweep_callback_draws_the_grid_unless_grid_is_false(tmp_path):
+    from omegaconf import OmegaConf
+
+    from sdflow.cli import SweepGrid
+
+    off = make_sweep(tmp_path / "off", sweep_jobs(seed=[0, 1], guidance=[1.5, 6]))
+    SweepGrid().on_multirun_end(OmegaConf.create({"grid": False, "hydra": {"sweep": {"dir": str(off)}}}))
+    assert not list(off.glob("grid*.png"))
+    on = make_sweep(tmp_path / "on", sweep_jobs(seed=[0, 1], guidance=[1.5, 6]))
+    SweepGrid().on_multirun_end(OmegaConf.create({"grid": {"x": "seed", "y": None, "z": None},
+                                                  "hydra": {"sweep": {"dir": str(on)}}}))
+    assert grid_record(on / "grid.png")["x"]["key"] == "seed"
