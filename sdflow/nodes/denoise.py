@@ -408,6 +408,18 @@ def sample(ctx: RunContext, unet, scheduler, embeddings: Embeddings, latents: La
     return x
 
 
+def check_control_size(c: ControlNetCondition, model_input, index: int) -> None:
+    """A control image shrunk by the ControlNet's image embedding must come out at the latents' size (validation
+    checks the sizes it can see; an image wired in another size is caught here, before the ControlNet runs)."""
+    channels = c.model.config.conditioning_embedding_out_channels
+    factor = 2 ** (len(channels) - 1)
+    height, width = model_input.shape[-2] * factor, model_input.shape[-1] * factor
+    if tuple(c.image.shape[-2:]) != (height, width):
+        raise ValueError(f"ControlNet {index}'s control image is {c.image.shape[-1]}x{c.image.shape[-2]}, but these "
+                         f"latents make {width}x{height} images: prepare it at the output's size (control_image's "
+                         "width and height, or size_of)")
+
+
 def control_residuals(control: list[ControlNetCondition], i: int, total: int, model_input, t, text, added_cond,
                       batch: int, halves: int):
     """The ControlNets' summed (down, mid) residuals for step ``i`` of ``total``, as diffusers' ControlNet pipelines
@@ -419,7 +431,9 @@ def control_residuals(control: list[ControlNetCondition], i: int, total: int, mo
     import torch
 
     down = mid = None
-    for c in control:
+    for index, c in enumerate(control):
+        if i == 0:
+            check_control_size(c, model_input, index)
         keep = 1.0 - float(i / total < c.start or (i + 1) / total > c.end)
         if c.scale * keep == 0.0:
             continue  # (diffusers runs it and adds residuals times 0: the same numbers)
