@@ -153,3 +153,14 @@ def test_reproduce_makes_a_controlnet_image_again_and_names_a_changed_controlnet
     weights.write_bytes(bytes(data))
     with pytest.raises(ReproduceError, match="node 'controlnet_model': the model .* is not the one the image was made"):
         reproduce(made, [f"controlnet_model.source={changed}"], output_dir=tmp_path / "b")
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_an_offloaded_controlnet_gives_the_same_pixels(controlnet, maps, tmp_path, mode):
+    plain = run_workflow("controlnet", base(controlnet, maps[0])[1:], output_dir=tmp_path / "plain")
+    offloaded = run_workflow("controlnet", base(controlnet, maps[0])[1:] + [f"runtime.offload={mode}",
+                                                                          "runtime.output_cache=false"],
+                             output_dir=tmp_path / mode, cache=ComponentCache())
+    assert not offloaded.record.reused  # every node ran again, with the offloaded models
+    assert max_diff(plain.outputs["decode"]["image"].pixels.numpy(),
+                    offloaded.outputs["decode"]["image"].pixels.numpy()) <= TOLERANCE

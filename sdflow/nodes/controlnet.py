@@ -18,6 +18,7 @@ from ..models.weight_files import safetensors_problem, weights_problem
 from .control_preprocess import canny, dpt_depth
 from .images import check_image_file, open_image, over_max_pixels, pixels_to_pil
 from .load_model import model_load
+from .offload import offloaded
 from .records import ControlNetUse, ModelLoad
 from .types import (CONTROL, CONTROLNET, DEPTH_ESTIMATOR, IMAGE, IMAGE_PROCESSOR, VAE, ControlFacts, ControlNetCondition,
                     ControlNetFacts, ImageFacts, Images,
@@ -134,10 +135,10 @@ def load_controlnet(ctx: RunContext, source: str, config: str, allow_pickle: boo
         else:
             model = ControlNetModel.from_pretrained(str(folder) if folder is not None else source, torch_dtype=dtype,
                                                     use_safetensors=None if allow_pickle else True)
-        return model.to(ctx.device).eval().requires_grad_(False)
+        return offloaded(model.eval().requires_grad_(False), ctx.offload, ctx.device)
 
-    try:  # one load per process and (source, dtype, device): every job of a sweep shares it
-        model = ctx.cache.get((f"controlnet:{where}", "controlnet", ctx.dtype, ctx.device), load)
+    try:  # one load per process and (source, dtype, device, offload): every job of a sweep shares it
+        model = ctx.cache.get((f"controlnet:{where}", "controlnet", ctx.dtype, ctx.device, ctx.offload), load)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source", f"cannot load the ControlNet '{source}': "
