@@ -63,6 +63,12 @@ def test_a_sweep_over_control_images_is_one_batch_and_the_controlnet_loads_once(
         alone = run_plan(job.plan, job.config, tmp_path / f"alone{index}", cache=cache, progress=False)
         assert max_diff(fused[index: index + 1].numpy(), alone.outputs["safety"]["image"].pixels.numpy()) <= TOLERANCE
     assert max_diff(fused[0].numpy(), fused[1].numpy()) > 100 * TOLERANCE  # each image had its own control image
+    for num in (0, 1):  # each job's PNG names its own control image
+        written = sweep.run_job(num, tmp_path / f"job{num}", cache=cache).saved[0]
+        with Image.open(written) as image:
+            recorded = json.loads(image.text["sdflow"])["controlnets"]["control"]["image_sha256"]
+        prepared = np.asarray(Image.open(maps[num]).convert("RGB"))
+        assert recorded == [hashlib.sha256(prepared.tobytes()).hexdigest()]
 
 
 def test_each_png_records_the_controlnet_its_hash_the_control_image_and_the_scales(controlnet, maps, tmp_path):

@@ -86,6 +86,13 @@ class ControlNetUse(Entry):
     end: float
     guess_mode: bool
 
+    def share(self, start: int, count: int, param) -> ControlNetUse:
+        """A fused job's share: its own images' control images when there is one per image (else the one for all)."""
+        shared = super().share(start, count, param)
+        if len(self.image_sha256) > 1:
+            shared.image_sha256 = self.image_sha256[start:start + count]
+        return shared
+
 
 @dataclass
 class LatentUpscale(Entry):
