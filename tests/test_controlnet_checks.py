@@ -120,6 +120,8 @@ def test_missing_control_image_and_bad_thresholds(controlnet, control_png):
 
 
 def test_controlnet_sources_that_cannot_be_used(controlnet, control_png, tmp_path):
+    message = problems(f"control_image={control_png}")  # the config's default: none
+    assert "node 'controlnet_model', field 'source': no ControlNet given" in message and "controlnet=..." in message
     pickle = tmp_path / "control.ckpt"
     pickle.write_bytes(b"not really")
     message = problems(f"controlnet={pickle}", f"control_image={control_png}")

@@ -21,8 +21,7 @@ from .load_model import model_load
 from .offload import offloaded
 from .records import ControlNetUse, ModelLoad
 from .types import (CONTROL, CONTROLNET, DEPTH_ESTIMATOR, IMAGE, IMAGE_PROCESSOR, VAE, ControlFacts, ControlNetCondition,
-                    ControlNetFacts, ImageFacts, Images,
-                    VAEFacts)
+                    ControlNetFacts, ImageFacts, Images, VAEFacts)
 
 RESIZE_MODES = ("default", "fill", "crop")  # diffusers' VaeImageProcessor.resize modes
 PREPROCESSORS = ("none", "canny", "depth")
@@ -60,6 +59,10 @@ def controlnet_facts(source: str, config: dict) -> ControlNetFacts:
 
 def check_load_controlnet(params, inputs_meta, ctx):
     source, allow_pickle = params["source"], params["allow_pickle"]
+    if not source.strip():  # (an empty path would be the current folder)
+        ctx.problem("source", "no ControlNet given: set it to a diffusers ControlNet folder, a hub id (e.g. "
+                    "lllyasviel/sd-controlnet-canny) or a .safetensors file" + ctx.config_hint("source"))
+        return {}
     path = Path(os.path.expanduser(source))
     if path.is_file():
         if is_pickle(path) and not allow_pickle:
@@ -124,7 +127,8 @@ def load_controlnet(ctx: RunContext, source: str, config: str, allow_pickle: boo
 
         dtype = getattr(torch, ctx.dtype)
         folder = config_folder(source, config)
-        if path.is_file() and any(name.startswith("controlnet_cond_embedding.") for name in tensor_shapes(path)):
+        if path.is_file() and not is_pickle(path) and any(
+                name.startswith("controlnet_cond_embedding.") for name in tensor_shapes(path)):
             # a diffusers ControlNet's weights as one file: its own tensor names, nothing to convert
             model = ControlNetModel.from_config(ControlNetModel.load_config(str(folder)))
             model.load_state_dict(load_checkpoint(path))
@@ -138,7 +142,7 @@ def load_controlnet(ctx: RunContext, source: str, config: str, allow_pickle: boo
         return offloaded(model.eval().requires_grad_(False), ctx.offload, ctx.device)
 
     try:  # one load per process and (source, dtype, device, offload): every job of a sweep shares it
-        model = ctx.cache.get((f"controlnet:{where}", "controlnet", ctx.dtype, ctx.device, ctx.offload), load)
+        model = ctx.cache.get((f"controlnet:{where}", "controlnet", ctx.dtype, ctx.device, ctx.offload, config), load)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(ctx.workflow_file, ctx.node_id, "source", f"cannot load the ControlNet '{source}': "
