@@ -102,9 +102,13 @@ def test_sdxl_controlnet_matches_sdxl_controlnet_pipeline(files, tmp_path):
     got = ours("sdxl_controlnet", "tiny_sdxl", controlnet, paths, "control_start=0.2", "guidance=5.0",
                tmp_path=tmp_path)
 
-    def theirs(start):
+    def theirs(start, guess_mode=False):
         return pipe(prompt=PROMPT, image=images["control"], width=64, height=64, num_inference_steps=4,
-                    guidance_scale=5.0, control_guidance_start=start, generator=generators([5]),
-                    output_type="np").images
+                    guidance_scale=5.0, control_guidance_start=start, guess_mode=guess_mode,
+                    generator=generators([5]), output_type="np").images
 
     assert_parity(got, theirs(0.2), theirs(1.0 - 1e-6))
+    # guess mode: the ControlNet sees the prompt's half of the pooled embeddings and time ids alone
+    guessed = ours("sdxl_controlnet", "tiny_sdxl", controlnet, paths, "guess_mode=true", "guidance=5.0",
+                   tmp_path=tmp_path / "guess")
+    assert_parity(guessed, theirs(0.0, guess_mode=True), theirs(0.0))
