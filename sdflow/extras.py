@@ -7,16 +7,20 @@ The core (engine, CLI, sweeps, community models) imports none of them: ``sdflow[
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 
 def missing_extra(extra: str, modules: tuple[str, ...], needed_by: str) -> str | None:
     """None when ``modules`` import (they are imported), else what to run: ``"NEEDED_BY needs the EXTRA extra
-    (MODULE is not installed): pip install 'sdflow[EXTRA]'"``, MODULE the one not found (it may be one of theirs:
-    installing the extra brings it back). Any other import failure is raised as it is."""
+    (MODULE is not installed): pip install 'sdflow[EXTRA]'"``, MODULE the first not found, or one of theirs that is
+    missing (installing the extra brings it back). Any other import failure is raised as it is."""
+    message = "{} needs the {} extra ({} is not installed): pip install 'sdflow[{}]'"
+    for module in modules:  # looked for first: nothing imported for a message
+        if importlib.util.find_spec(module) is None:
+            return message.format(needed_by, extra, module, extra)
     for module in modules:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            missing = exc.name or module
-            return f"{needed_by} needs the {extra} extra ({missing} is not installed): pip install 'sdflow[{extra}]'"
+            return message.format(needed_by, extra, exc.name or module, extra)
     return None

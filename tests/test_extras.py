@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WEB, CLUSTER = ("uvicorn", "fastapi", "gradio"), ("ray", "submitit")
+WEB, CLUSTER = ("gradio", "fastapi", "uvicorn"), ("ray", "submitit")
 BLOCKER = "import os, sys\nfor name in os.environ['SDFLOW_TEST_BLOCK'].split(','):\n    sys.modules[name] = None\n"
 
 

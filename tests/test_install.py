@@ -125,7 +125,7 @@ def test_the_core_installs_from_the_index_and_draws_the_readme_prompt_from_anoth
 
     # The extras' doors, with the modules really missing.
     ui = subprocess.run([str(python.parent / "sdflow-ui")], cwd=elsewhere, env=env, capture_output=True, text=True)
-    assert (ui.returncode, ui.stderr) == (1, "sdflow-ui needs the ui extra (uvicorn is not installed): "
+    assert (ui.returncode, ui.stderr) == (1, "sdflow-ui needs the ui extra (gradio is not installed): "
                                              "pip install 'sdflow[ui]'\n")
     ray = subprocess.run([str(python.parent / "sdflow"), "-m", "hydra/launcher=sdflow_ray", "seed=1,2"], cwd=elsewhere,
                          env=env, capture_output=True, text=True, timeout=300)

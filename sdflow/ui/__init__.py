@@ -5,7 +5,7 @@ queued runs), ``gallery`` (past runs), ``http`` (the FastAPI app) and ``app`` (t
 Only ``app`` and ``http`` import the web stack (gradio, FastAPI, uvicorn: the ui extra); ``main`` checks it is there.
 """
 
-WEB_STACK = ("uvicorn", "fastapi", "gradio")  # the ui extra's modules (the lightest checked first)
+WEB_STACK = ("gradio", "fastapi", "uvicorn")  # the ui extra's modules
 
 
 def main(argv: list[str] | None = None) -> None:
