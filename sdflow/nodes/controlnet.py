@@ -215,7 +215,7 @@ def check_control_image(params, inputs_meta, ctx):
                             doc="none: the image is the control map; canny: its edges; depth: its DPT depth"),
         "low_threshold": Param(float, 100.0, min=0.0, max=2000.0, doc="canny: weaker gradients are never edges"),
         "high_threshold": Param(float, 200.0, min=0.0, max=2000.0, doc="canny: stronger gradients always are"),
-        "save": Param(bool, False, doc="also save the prepared control map in the run folder (NODE_INDEX.png)"),
+        "save": Param(bool, False, doc="also save the prepared control map beside the images (NODE_INDEX.png)"),
     },
     check=check_control_image,
 )
