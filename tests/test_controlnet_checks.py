@@ -115,6 +115,8 @@ def test_missing_control_image_and_bad_thresholds(controlnet, control_png):
     message = problems(f"controlnet={controlnet}", f"control_image={control_png}", "control_preprocess=canny",
                        "canny_low=250", "canny_high=100")
     assert "canny's low_threshold 250 is above its high_threshold 100" in message
+    message = problems(f"controlnet={controlnet}", f"control_image={control_png}", "control_preprocess=depth")
+    assert "field 'preprocess': preprocess=depth estimates depth with a DPT: wire depth_estimator" in message
     message = problems(f"controlnet={controlnet}", "control_image=/nonexistent/edges.png")
     assert "control image file '/nonexistent/edges.png' does not exist" in message
 

@@ -167,7 +167,8 @@ def check_control_image(params, inputs_meta, ctx):
     if params["preprocess"] == "depth" and (ctx.source_of("depth_estimator") is None or
                                             ctx.source_of("feature_extractor") is None):
         ctx.problem("preprocess", "preprocess=depth estimates depth with a DPT: wire depth_estimator and "
-                    "feature_extractor from a depth model's load_model (model=tiny_depth, sd2_depth)")
+                    "feature_extractor from a depth model's load_model (builtin:tiny-depth, "
+                    "stabilityai/stable-diffusion-2-depth); docs/pipelines/controlnet.md shows the workflow file")
     if params["low_threshold"] > params["high_threshold"]:
         ctx.problem("low_threshold", f"canny's low_threshold {params['low_threshold']} is above its high_threshold "
                     f"{params['high_threshold']}")
