@@ -124,3 +124,12 @@ def test_a_depth_map_from_a_depth_models_dpt_through_the_workflow(tiny_sd, tiny_
                                       "save_control=true", "steps=2"], output_dir=tmp_path / "out")
     saved = next(p for p in result.saved if p.name.startswith("control_image"))
     assert (np.asarray(Image.open(saved)) == np.asarray(dpt_depth(picture, *tiny_depth_parts))).all()
+
+
+def test_canny_of_a_colour_image_takes_each_pixels_strongest_channel():
+    # red 200 | green 200: no grey level jumps much (0.299*200 vs 0.587*200), each channel jumps by 200
+    array = np.zeros((32, 32, 3), dtype=np.uint8)
+    array[:, :16, 0] = 200
+    array[:, 16:, 1] = 200
+    edges = edge_mask(canny(Image.fromarray(array), 300, 600))  # magnitude 800 in either channel
+    assert edges[:, 14:18].any(axis=1).all() and edges.sum() == 32

@@ -1,8 +1,9 @@
 """Control maps made from a picture, offline: canny edges (numpy, after OpenCV's cv2.Canny) and DPT depth.
 
 OpenCV is not a dependency (it is large, and sdflow needs only this one filter of it), so canny is written
-here in numpy: 3x3 Sobel gradients, the L1 magnitude cv2.Canny uses by default, non-maximum suppression along
-four directions, then hysteresis (weak edges kept where they touch a strong one, 8-connected).
+here in numpy: 3x3 Sobel gradients per colour channel (the strongest one per pixel, as cv2.Canny takes a colour
+image), the L1 magnitude cv2.Canny uses by default, non-maximum suppression along four directions, then
+hysteresis (weak edges kept where they touch a strong one, 8-connected).
 Depth follows transformers' depth-estimation pipeline, which diffusers' ControlNet examples use: the DPT's
 prediction resized (bicubic) to the picture's size and scaled from its minimum (black) to its maximum (white).
 """
@@ -18,15 +19,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def _gray(image: Image.Image) -> np.ndarray:
-    """The picture as OpenCV's grayscale (its BGR2GRAY weights), float64."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
-    return np.round(rgb @ np.array([0.299, 0.587, 0.114]))
-
-
-def _sobel(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """3x3 Sobel derivatives with the border reflected (OpenCV's BORDER_REFLECT_101)."""
-    p = np.pad(gray, 1, mode="reflect")
+def _sobel(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """3x3 Sobel derivatives of one channel with the border reflected (OpenCV's BORDER_REFLECT_101)."""
+    p = np.pad(channel, 1, mode="reflect")
     dx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
     dy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
     return dx, dy
@@ -66,10 +61,16 @@ def _hysteresis(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
 
 
 def canny(image: Image.Image, low_threshold: float, high_threshold: float) -> Image.Image:
-    """Canny edges as diffusers' ControlNet examples make them (cv2.Canny, then the 1-channel map as RGB):
-    white edges on black, thresholds on the L1 gradient magnitude of the 0-255 grayscale."""
-    dx, dy = _sobel(_gray(image))
-    magnitude = _thin(np.abs(dx) + np.abs(dy), dx, dy)
+    """Canny edges as diffusers' ControlNet examples make them (cv2.Canny on the RGB array, then the 1-channel map
+    as RGB): white edges on black, thresholds on the L1 gradient magnitude (0-255 levels) of each pixel's strongest
+    colour channel."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    gradients = [_sobel(rgb[..., c]) for c in range(3)]
+    magnitudes = np.stack([np.abs(dx) + np.abs(dy) for dx, dy in gradients])
+    strongest = magnitudes.argmax(axis=0)  # as cv2.Canny on a colour image: each pixel's strongest channel
+    dx = np.choose(strongest, [g[0] for g in gradients])
+    dy = np.choose(strongest, [g[1] for g in gradients])
+    magnitude = _thin(magnitudes.max(axis=0), dx, dy)
     edges = _hysteresis(magnitude > high_threshold, magnitude > low_threshold)
     return Image.fromarray((edges * 255).astype(np.uint8)).convert("RGB")
 
