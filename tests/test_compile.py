@@ -73,3 +73,47 @@ def test_the_tiled_decode_runs_through_the_compiled_decoder(compiled_cache, tmp_
     whole = run_workflow("text2img", BASE + tiled[:-1], output_dir=tmp_path / "whole")
     assert max_diff(image(compiled), image(eager)) <= COMPILED_TOLERANCE
     assert max_diff(image(compiled), image(whole)) > 100 * COMPILED_TOLERANCE  # it did decode in tiles
+
+
+# Noise decoded as it is: the VAE alone (the UNet is not compiled again in float16; minutes on 2 cores)
+DECODE_ONLY = """description: decode noise
+nodes:
+  model:
+    type: load_model
+    source: ${model.path}
+  noise:
+    type: init_latents
+    vae: model.vae
+    width: 64
+    height: 64
+    seed: ${seed}
+  decode: {type: decode, vae: model.vae, latents: noise.latents}
+  save: {type: save_image, image: decode.image, prefix: noise}
+"""
+
+
+def test_the_float32_retry_of_an_overflowing_half_precision_vae_runs_through_the_compiled_decoder(tiny_sd, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    big = shutil.copytree(tiny_sd, tmp_path / "big_vae")
+    weights = big / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    # past float16's largest value after the decoder's first conv: inf, then NaN; float32 takes the constant away
+    tensors["decoder.conv_in.bias"] = torch.full_like(tensors["decoder.conv_in.bias"], 65000.0)
+    save_file(tensors, weights)
+    workflow = tmp_path / "decode_noise.yaml"
+    workflow.write_text(DECODE_ONLY)
+    args = ["model=tiny", "seed=5", f"model.path={big}", "runtime.dtype=float16"]
+    eager = run_workflow(str(workflow), args, output_dir=tmp_path / "eager")
+    cache = ComponentCache()
+    compiled = run_workflow(str(workflow), args + ["runtime.compile=true"], output_dir=tmp_path / "c", cache=cache)
+    for result in (eager, compiled):
+        assert [f.kind for f in result.record.fallbacks if f.node == "decode"] == ["float32_retry"]
+    assert torch.isfinite(compiled.outputs["decode"]["image"].pixels).all()
+    # (the retried pixels are given back in float16: 2^-11 apart near 1.0)
+    assert max_diff(image(compiled), image(eager)) <= 1e-3
+    # the retry decoded a float32 copy: the cached compiled VAE is still the float16 one
+    vae = next(cache.get(key, load=None) for key in cache.keys() if key[1] == "vae")
+    assert vae.dtype == torch.float16 and isinstance(vae.decoder, torch._dynamo.eval_frame.OptimizedModule)
