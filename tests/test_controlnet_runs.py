@@ -45,7 +45,8 @@ def base(controlnet, image):
 
 
 def test_a_sweep_over_control_images_is_one_batch_and_the_controlnet_loads_once(controlnet, maps, tmp_path):
-    overrides = [base(controlnet, maps[0]), base(controlnet, maps[1]), base(controlnet, maps[0]) + ["control_scale=0.5"]]
+    overrides = [base(controlnet, maps[0]) + ["save_control=true"], base(controlnet, maps[1]) + ["save_control=true"],
+                 base(controlnet, maps[0]) + ["control_scale=0.5"]]
     jobs = []
     for num, job_overrides in enumerate(overrides):
         config = compose_config(job_overrides)
@@ -64,7 +65,9 @@ def test_a_sweep_over_control_images_is_one_batch_and_the_controlnet_loads_once(
         assert max_diff(fused[index: index + 1].numpy(), alone.outputs["safety"]["image"].pixels.numpy()) <= TOLERANCE
     assert max_diff(fused[0].numpy(), fused[1].numpy()) > 100 * TOLERANCE  # each image had its own control image
     for num in (0, 1):  # each job's PNG names its own control image
-        written = sweep.run_job(num, tmp_path / f"job{num}", cache=cache).saved[0]
+        result = sweep.run_job(num, tmp_path / f"job{num}", cache=cache)
+        assert any("control maps were not saved" in w for w in result.record.warnings)  # said, not dropped silently
+        written = result.saved[0]
         with Image.open(written) as image:
             recorded = json.loads(image.text["sdflow"])["controlnets"]["control"]["image_sha256"]
         prepared = np.asarray(Image.open(maps[num]).convert("RGB"))

@@ -243,6 +243,9 @@ def control_image(ctx: RunContext, image: Images | None, vae, size_of: Images | 
 
         for index, pil in enumerate(pixels_to_pil(pixels)):
             ctx.files.write(f"{ctx.node_id}_{index:03d}.png", lambda _name, pil=pil: png_bytes(pil, {}), ctx.node_id)
+    elif save:  # a fused sweep batch writes only what its save nodes get: say so rather than drop the maps silently
+        ctx.record.warnings.append(f"{ctx.node_id}: the control maps were not saved (save=true), as this run keeps no "
+                                   "files of its own (a fused sweep batch); hydra/launcher=basic runs each job alone")
     return {"image": Images(pixels.to(ctx.device), seeds=[])}
 
 
