@@ -173,3 +173,25 @@ def test_an_offloaded_controlnet_gives_the_same_pixels(controlnet, maps, tmp_pat
     assert not offloaded.record.reused  # every node ran again, with the offloaded models
     assert max_diff(plain.outputs["decode"]["image"].pixels.numpy(),
                     offloaded.outputs["decode"]["image"].pixels.numpy()) <= TOLERANCE
+
+
+def test_an_out_of_memory_batch_with_one_control_image_each_is_split_with_the_same_pixels(controlnet, maps, tmp_path,
+                                                                                           monkeypatch):
+    import diffusers
+
+    args = ["model=tiny", "steps=2", "seed=[1,2]", f"controlnet={controlnet}", f"control_image=[{maps[0]},{maps[1]}]",
+            "runtime.output_cache=false"]
+    whole = run_workflow("controlnet", args, output_dir=tmp_path / "whole")
+    original = diffusers.ControlNetModel.forward
+
+    def small_memory(self, sample, *rest, **kwargs):  # two images at once (four CFG rows) do not fit
+        if sample.shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return original(self, sample, *rest, **kwargs)
+
+    monkeypatch.setattr(diffusers.ControlNetModel, "forward", small_memory)
+    split = run_workflow("controlnet", args, output_dir=tmp_path / "split")
+    assert [f.kind for f in split.record.fallbacks] == ["batch_split"]
+    # each half kept its own control image: the same pixels as the whole batch
+    assert max_diff(split.outputs["decode"]["image"].pixels.numpy(),
+                    whole.outputs["decode"]["image"].pixels.numpy()) <= TOLERANCE
