@@ -163,6 +163,11 @@ def test_uploads_are_capped_and_used_by_name(server, tmp_path):
         small.store_upload(png_bytes((101, 100)))
     with pytest.raises(RequestRefused, match="bytes"):
         small.store_upload(bytes(10_001))
+    whole = io.BytesIO()
+    Image.effect_noise((256, 256), 64).convert("RGB").save(whole, format="JPEG")
+    truncated = client.post("/api/uploads", content=whole.getvalue()[: len(whole.getvalue()) // 2],
+                            headers={"content-type": "image/jpeg"})
+    assert truncated.status_code == 422 and "truncated" in truncated.text, truncated.text
     big = client.post("/api/uploads", content=bytes(jobs.folders.max_upload_bytes + 1),
                       headers={"content-type": "application/octet-stream"})
     assert big.status_code == 413

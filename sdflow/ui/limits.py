@@ -81,7 +81,8 @@ class Folders:
                 if width * height > self.max_upload_pixels:
                     raise RequestRefused(f"image of {width}x{height} pixels is over the limit of "
                                          f"{self.max_upload_pixels} pixels", 413)
-                image.verify()
+                # decoded whole (its size is bounded above): a truncated JPEG is refused here, not when a run reads it
+                image.load()
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise RequestRefused(f"not a readable image: {exc}") from None
         if kind not in UPLOAD_FORMATS:
