@@ -298,6 +298,9 @@ def build_ui(jobs: JobQueue) -> gr.Blocks:
             if not path:
                 yield "choose an image first", None
                 return
+            if not read_metadata(path)[1]:  # a sweep's grid: it holds its jobs' images, not a workflow
+                yield "**Not run**: this is a sweep's grid; choose one of its images to run again", None
+                return
             try:
                 job = jobs.submit(RunRequest(workflow_yaml=png_workflow(path)))
             except ValidationError as exc:
