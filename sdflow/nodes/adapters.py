@@ -101,9 +101,9 @@ def apply_loras(unet, text_encoders: dict, entries: list[dict]):
     """Copies of ``unet`` and ``text_encoders`` (``{"text_encoder": m, "text_encoder_2": m}``) with every LoRA
     fused at its weight. The given modules are never changed.
 
-    The UNet's LoRA goes through diffusers' peft loader (``load_lora_into_unet``, ``set_adapters``, ``fuse_lora``);
-    the text encoders' through diffusers' conversions with peft's own injection (transformers 5 loads text-encoder
-    adapters only with peft >= 0.22, which is not released yet), merged at the same weight.
+    The UNet's LoRA goes through diffusers' peft loader (``load_lora_into_unet``, ``set_adapters``, ``fuse_lora``),
+    the text encoders' through diffusers' text-encoder loader (transformers' ``load_adapter``: peft >= 0.22), merged
+    at the same weight.
     """
     from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
@@ -120,7 +120,7 @@ def apply_loras(unet, text_encoders: dict, entries: list[dict]):
             loader.load_lora_into_unet(state, alphas, unet, adapter_name=name, metadata=metadata)
             names.append((name, entry["weight"]))
         for prefix, encoder in text_encoders.items():
-            merge_text_encoder_lora(encoder, state, alphas, metadata, prefix, entry["weight"])
+            merge_text_encoder_lora(loader, encoder, state, alphas, metadata, prefix, entry["weight"])
     if names:
         unet.set_adapters([n for n, _ in names], [w for _, w in names])
         unet.fuse_lora(lora_scale=1.0, adapter_names=[n for n, _ in names])
@@ -129,30 +129,18 @@ def apply_loras(unet, text_encoders: dict, entries: list[dict]):
             {name: offloaded_like(module, originals[name]) for name, module in text_encoders.items()})
 
 
-def merge_text_encoder_lora(encoder, state: dict, alphas: dict | None, metadata: dict | None, prefix: str,
+def merge_text_encoder_lora(loader, encoder, state: dict, alphas: dict | None, metadata: dict | None, prefix: str,
                             weight: float) -> bool:
-    """Merge the ``prefix`` part of a LoRA into ``encoder`` at ``weight``, as diffusers' text-encoder path does
-    (its state-dict conversions and LoraConfig), but injecting the layers with peft itself; whether it had a part."""
-    from diffusers.loaders.lora_base import _create_lora_config, _remove_text_encoder_monkey_patch, fuse_text_encoder_lora
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
-    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    """Merge the ``prefix`` part of a LoRA into ``encoder`` at ``weight`` as a pipeline's ``load_lora_weights`` +
+    ``fuse_lora`` + ``unload_lora_weights`` do to its text encoder; whether it had a part."""
+    from diffusers.loaders.lora_base import _remove_text_encoder_monkey_patch, fuse_text_encoder_lora
 
-    part = {k.removeprefix(f"{prefix}."): v for k, v in state.items() if k.startswith(f"{prefix}.")}
-    if not part:
+    if not any(key.startswith(f"{prefix}.") for key in state):
         return False
-    part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
-    if not hasattr(encoder, "text_model"):  # transformers 5 flattened CLIPTextModel
-        part = {k.removeprefix("text_model."): v for k, v in part.items()}
-    rank = {f"{name}.lora_B.weight": part[f"{name}.lora_B.weight"].shape[1] for name, _ in encoder.named_modules()
-            if f"{name}.lora_B.weight" in part}
-    alphas = {k.removeprefix(f"{prefix}."): v for k, v in (alphas or {}).items() if k.split(".")[0] == prefix} or None
-    if metadata is not None:
-        metadata = {k.removeprefix(f"{prefix}."): v for k, v in metadata.items() if k.startswith(f"{prefix}.")} or None
-    config = _create_lora_config(part, alphas, None if alphas else metadata, rank, is_unet=False)
-    inject_adapter_in_model(config, encoder, adapter_name="sdflow")
-    set_peft_model_state_dict(encoder, part, adapter_name="sdflow")
+    loader.load_lora_into_text_encoder(state, alphas, encoder, prefix=prefix, adapter_name="sdflow",
+                                       metadata=None if alphas else metadata)  # (diffusers takes one of the two)
     fuse_text_encoder_lora(encoder, lora_scale=weight, adapter_names=["sdflow"])
-    _remove_text_encoder_monkey_patch(encoder)
+    _remove_text_encoder_monkey_patch(encoder)  # the adapter layers out, the merged weights kept
     return True
 
 
