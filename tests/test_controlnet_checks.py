@@ -135,6 +135,8 @@ def test_controlnet_sources_that_cannot_be_used(controlnet, control_png, tmp_pat
     assert "node 'controlnet_model', field 'config'" in message and "needs its diffusers config" in message
     message = problems(f"controlnet={tmp_path / 'nowhere'}", f"control_image={control_png}")
     assert "does not exist" in message
+    message = problems("controlnet=someone/sd-controlnet-lines", f"control_image={control_png}")  # HF_HUB_OFFLINE=1
+    assert "hub ControlNet 'someone/sd-controlnet-lines' is not in the local Hugging Face cache" in message
     truncated = edited(controlnet, tmp_path)
     weights = truncated / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])

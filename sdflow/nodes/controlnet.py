@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..engine import Input, ModelSourceError, Param, RunContext, node
-from ..models.model_source import read_json
+from ..models.model_source import hub_offline, hub_problem, read_json
 from ..models.single_file import is_pickle, load_checkpoint, tensor_shapes
 from ..models.weight_files import safetensors_problem, weights_problem
 from .control_preprocess import canny, dpt_depth
@@ -84,9 +84,10 @@ def check_load_controlnet(params, inputs_meta, ctx):
         elif source.startswith(("/", ".", "~")) or source.count("/") != 1:
             ctx.problem("source", f"ControlNet '{source}' does not exist (give a folder, a .safetensors file or a hub "
                         "id such as lllyasviel/sd-controlnet-canny)")
+        elif hub_offline():
+            ctx.problem("source", f"hub ControlNet '{source}' is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                        "is set; download it on a machine with network, or give a local folder or .safetensors file")
         else:
-            from ..models.model_source import hub_problem
-
             problem = hub_problem(source)  # not cached: say now if it cannot be downloaded
             if problem:
                 ctx.problem("source", problem)
