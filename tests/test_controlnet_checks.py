@@ -81,6 +81,20 @@ def test_control_image_size_must_fit_the_latents(controlnet, control_png):
     assert "node 'control_image', field 'width'" in message and "width 63 is not a multiple of 2" in message
 
 
+def test_a_control_image_of_another_size_than_the_output_is_refused_before_loading(controlnet, control_png, tmp_path):
+    # the control image made at 32x32 (its own width/height), the latents at the config's 64x64
+    workflow = yaml.safe_load((WORKFLOWS_DIR / "controlnet.yaml").read_text())
+    workflow["nodes"]["control_image"].update(width=32, height=32)
+    path = tmp_path / "small_control.yaml"
+    path.write_text(yaml.safe_dump(workflow, sort_keys=False))
+    message = problems(f"controlnet={controlnet}", f"control_image={control_png}", "width=64", "height=64",
+                       workflow=path)
+    assert "node 'denoise', field 'control'" in message
+    assert "the control image is 32x32, but the latents from 'noise.latents' make 64x64 images" in message
+    run_workflow(str(path), ["model=tiny", "steps=1", f"controlnet={controlnet}", f"control_image={control_png}",
+                             "width=32", "height=32"], output_dir=tmp_path / "fits")  # the same size: it runs
+
+
 def test_control_images_of_two_controlnets_must_have_one_size(controlnet, control_png, tmp_path):
     workflow = yaml.safe_load((WORKFLOWS_DIR / "controlnet.yaml").read_text())
     nodes = workflow["nodes"]

@@ -129,23 +129,6 @@ def test_the_offline_command_makes_a_controlnet_for_the_shapes_model_and_runs_it
     assert result.outputs["control_image"]["image"].pixels.amax() == 1.0  # canny found the square's edges
 
 
-def test_a_control_image_of_another_size_than_the_output_is_named_at_run_time(controlnet, maps, tmp_path):
-    from sdflow.engine import NodeRunError
-
-    # validation cannot see the latents' size; the loop says what is wrong before the ControlNet runs
-    import yaml
-
-    from sdflow.workflows import WORKFLOWS_DIR
-
-    workflow = yaml.safe_load((WORKFLOWS_DIR / "controlnet.yaml").read_text())
-    workflow["nodes"]["control_image"].update(width=32, height=32)
-    (tmp_path / "small_control.yaml").write_text(yaml.safe_dump(workflow, sort_keys=False))
-    with pytest.raises(NodeRunError) as err:
-        run_workflow(str(tmp_path / "small_control.yaml"), base(controlnet, maps[0])[1:], output_dir=tmp_path)
-    assert "denoise" in str(err.value)
-    assert "ControlNet 0's control image is 32x32, but these latents make 64x64 images" in str(err.value)
-
-
 def test_reproduce_makes_a_controlnet_image_again_and_names_a_changed_controlnet(controlnet, maps, tmp_path):
     import shutil
 

@@ -42,7 +42,8 @@ def test_checks_hand_typed_facts_read_from_the_models_configs(tiny_sd):
     assert isinstance(model["vae"], types.VAEFacts) and model["vae"].scale_factor == 2
     assert model["safety_checker"] is None  # the tiny model has none: no facts, not an empty dict
     latents = plan.nodes["noise"].meta["latents"]
-    assert latents == types.LatentFacts(kind="noise", channels=4, scaling_factor=model["vae"].scaling_factor, count=2)
+    assert latents == types.LatentFacts(kind="noise", channels=4, scaling_factor=model["vae"].scaling_factor, count=2,
+                                       size=(64, 64))
     assert plan.nodes["denoise"].meta["latents"].kind == "denoised"
     with pytest.raises(dataclasses.FrozenInstanceError):
         latents.channels = 8

@@ -35,6 +35,11 @@ def check_control(control: ControlFacts, unet: UNetFacts | None, latents: Latent
     if len(sizes) > 1:
         listed = ", ".join(f"'{n}' {s[0]}x{s[1]}" for n, s in zip(control.nodes, control.sizes) if s)
         ctx.problem("control", f"the control images differ in size ({listed}): every one must be the output's size")
+    elif sizes and latents.size and sizes != {latents.size}:
+        (size,) = sizes
+        ctx.problem("control", f"the control image is {size[0]}x{size[1]}, but the latents from "
+                    f"'{ctx.source_of('latents')}' make {latents.size[0]}x{latents.size[1]} images: prepare it at the "
+                    "output's size (control_image's width and height, or size_of)")
 
 
 def control_of(control: list[ControlNetCondition], start: int, stop: int, batch: int) -> list[ControlNetCondition]:
@@ -44,7 +49,8 @@ def control_of(control: list[ControlNetCondition], start: int, stop: int, batch:
 
 def check_control_size(c: ControlNetCondition, model_input, index: int) -> None:
     """A control image shrunk by the ControlNet's image embedding must come out at the latents' size (validation
-    checks the sizes it can see; an image wired in another size is caught here, before the ControlNet runs)."""
+    checks the sizes it can see; latents whose size it cannot, e.g. from a latent upscale, are caught here, before the
+    ControlNet runs)."""
     channels = c.model.config.conditioning_embedding_out_channels
     factor = 2 ** (len(channels) - 1)
     height, width = model_input.shape[-2] * factor, model_input.shape[-1] * factor

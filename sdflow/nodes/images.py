@@ -170,6 +170,7 @@ def check_encode_image(params, inputs_meta, ctx):
     images = (image.count if image else None) or 1
     count = len(seeds_list(params["seed"], max(params["batch_size"], images)))
     return {"latents": LatentFacts(kind="image", channels=vae.latent_channels if vae else None, count=count,
+                                   size=(image.width, image.height) if image and image.width and image.height else None,
                                    scaling_factor=vae.scaling_factor if vae else None)}
 
 

@@ -44,7 +44,8 @@ def check_inpaint_condition(params, inputs_meta, ctx):
     count = len(seeds_list(params["seed"], max(params["batch_size"], image.count or 1)))
     return {
         "latents": LatentFacts(kind="noise" if strength == 1.0 else "image", channels=channels, strength=strength,
-                               count=count, scaling_factor=vae.scaling_factor if vae else None),
+                               count=count, scaling_factor=vae.scaling_factor if vae else None,
+                               size=image_size if None not in image_size else None),
         "condition": ConditionFacts(channels=1 + channels if params["mode"] == "concat" and channels else 0,
                                     hint=HINTS[params["mode"]].format(node=ctx.node_id)),
     }

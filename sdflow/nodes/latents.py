@@ -13,14 +13,15 @@ def check_init_latents(params, inputs_meta, ctx):
     check_seed_batch(params, ctx)
     over_max_pixels(ctx, "width", params["width"], params["height"], "the output size")
     count = len(seeds_list(params["seed"], params["batch_size"]))
+    size = (params["width"], params["height"])
     if vae is None:
-        return {"latents": LatentFacts(kind="noise", count=count)}
+        return {"latents": LatentFacts(kind="noise", count=count, size=size)}
     for name in ("width", "height"):
         if params[name] % vae.scale_factor:
             ctx.problem(name, f"must be a multiple of {vae.scale_factor} (this VAE's downscale factor), "
                         f"given {params[name]}")
     return {"latents": LatentFacts(kind="noise", channels=vae.latent_channels, scaling_factor=vae.scaling_factor,
-                                   count=count)}
+                                   count=count, size=size)}
 
 
 @node(

@@ -98,6 +98,7 @@ class LatentFacts:
     scaling_factor: float | None = None
     count: int | None = None
     strength: float | None = None
+    size: tuple[int, int] | None = None  # (width, height) of the images they make, in pixels; None: not known
 
 
 @dataclass(frozen=True)
