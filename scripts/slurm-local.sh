@@ -55,7 +55,8 @@ start_accounting() {
     mkdir -p "$DIR/mysql"
     mariadb-install-db --user=root --datadir="$DIR/mysql" --auth-root-authentication-method=socket >/dev/null
   fi
-  if [ ! -S "$socket" ]; then
+  if ! mariadb-admin --socket="$socket" ping >/dev/null 2>&1; then
+    rm -f "$socket"  # (one left by a MariaDB that is gone, e.g. the machine restarted: it answers nothing)
     mariadbd --no-defaults --user=root --datadir="$DIR/mysql" --socket="$socket" --bind-address=127.0.0.1 --port=3306 \
       --pid-file="$DIR/run/mysqld.pid" --log-error="$DIR/log/mysqld.log" >/dev/null 2>&1 &
     wait_for 60 test -S "$socket" || fail "MariaDB did not start"
