@@ -90,6 +90,20 @@ def tiny_sd():
     return builtin_model("tiny")
 
 
+@pytest.fixture
+def overflowing_vae_model(tiny_sd, tmp_path):
+    """A copy of the tiny model whose VAE overflows in float16: its decoder's first conv past float16's largest
+    value (65504) gives inf, then NaN from the group norm, which in float32 just takes the constant away."""
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(tiny_sd, tmp_path / "overflowing_vae")
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["decoder.conv_in.bias"] = torch.full_like(tensors["decoder.conv_in.bias"], 65000.0)
+    save_file(tensors, weights)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_upscaler():
     from sdflow.models.builtin import builtin_model

@@ -12,6 +12,13 @@ TOLERANCE = 1e-4
 ONE_LEVEL = 1 / 255 + 1e-9
 
 
+def gradient_picture(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """An RGB test picture (float, 0-255): a left-to-right gradient, ``rng``'s noise, a top-to-bottom gradient."""
+    gradient = np.linspace(0, 255, size, dtype=np.float32)
+    return np.stack([np.tile(gradient, (size, 1)), rng.uniform(0, 255, (size, size)), np.tile(gradient[:, None], (1, size))],
+                    axis=-1)
+
+
 def as_nhwc(pixels: torch.Tensor) -> np.ndarray:
     """sdflow's [N, 3, H, W] in [0, 1] as diffusers' output_type='np' array [N, H, W, 3]."""
     return pixels.detach().float().cpu().permute(0, 2, 3, 1).numpy()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from parity import as_nhwc, assert_parity, generators
+from parity import as_nhwc, assert_parity, generators, gradient_picture
 from sdflow.api import run_workflow
 
 PROMPT = "a red circle on the left"
@@ -20,9 +20,7 @@ PROMPT = "a red circle on the left"
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("controlnet_variants")
     rng = np.random.default_rng(7)
-    gradient = np.linspace(0, 255, 64, dtype=np.float32)
-    picture = np.stack([np.tile(gradient, (64, 1)), rng.uniform(0, 255, (64, 64)), np.tile(gradient[:, None], (1, 64))],
-                       axis=-1)
+    picture = gradient_picture(rng)
     yy, xx = np.mgrid[0:40, 0:48]
     disc = np.repeat((255 * (np.hypot(xx - 30, yy - 15) < 12))[..., None], 3, axis=-1)
     mask = np.zeros((64, 64), dtype=np.uint8)

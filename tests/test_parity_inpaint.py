@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from parity import as_nhwc, assert_parity, generators, max_diff
+from parity import as_nhwc, assert_parity, generators, gradient_picture, max_diff
 from sdflow.api import run_workflow
 from sdflow.workflows import WORKFLOWS_DIR
 from sdflow.engine import ValidationError
@@ -55,9 +55,7 @@ def box_mask(size, box):
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("inpaint")
     rng = np.random.default_rng(1)
-    gradient = np.linspace(0, 255, 64, dtype=np.float32)
-    array = np.stack([np.tile(gradient, (64, 1)), rng.uniform(0, 255, (64, 64)), np.tile(gradient[:, None], (1, 64))],
-                     axis=-1)
+    array = gradient_picture(rng)
     images = {"image": Image.fromarray(array.astype(np.uint8)), "mask": box_mask((64, 64), (16, 8, 48, 40)),
               "other_mask": box_mask((64, 64), (0, 32, 64, 64)), "small_mask": box_mask((32, 32), (8, 8, 24, 24))}
     paths = {}
