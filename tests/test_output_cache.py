@@ -123,3 +123,27 @@ def test_the_web_api_reuses_what_an_earlier_request_made(tmp_path):
     assert read_manifest(second["output_dir"])["reused"][-1] == "safety"  # every node, to the last before the save
     assert pixels(tmp_path / "out" / first["images"][0]["file"]).tobytes() == \
         pixels(tmp_path / "out" / second["images"][0]["file"]).tobytes()
+
+
+def test_a_kept_output_that_names_a_cached_model_counts_only_its_own_tensors():
+    from dataclasses import dataclass
+
+    import torch
+
+    from sdflow.engine import ComponentCache, OutputCache
+    from sdflow.engine.reuse import NodeRun
+
+    @dataclass
+    class Condition:  # as a controlnet node's output: the cached ControlNet and its own control image
+        model: torch.nn.Module
+        image: torch.Tensor
+
+    components = ComponentCache()
+    model = components.get("controlnet", lambda: torch.nn.Linear(1000, 1000))  # 4 MB of weights, held there
+    condition = Condition(model, torch.zeros(1, 3, 64, 64))
+    cache = OutputCache(budget_bytes=None)
+    assert cache.put("node", NodeRun({"control": condition}), components)
+    assert cache.stats.bytes_held == 3 * 64 * 64 * 4  # the image only
+    alone = OutputCache(budget_bytes=None)  # a model no component cache holds is the output's own
+    assert alone.put("node", NodeRun({"control": Condition(torch.nn.Linear(1000, 1000), condition.image)}), components)
+    assert alone.stats.bytes_held > 4_000_000

@@ -35,17 +35,18 @@ def node_key(node_type: str, params: dict[str, Any], input_keys: dict[str, str],
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def value_bytes(value: Any) -> int:
-    """Bytes of the tensors a value holds: a module's weights, or the tensors among a dataclass's fields."""
+def value_bytes(value: Any, components: ComponentCache | None = None) -> int:
+    """Bytes of the tensors a value holds: a module's weights, or the tensors among a dataclass's fields. A module
+    ``components`` holds counts nothing: it is there already (a ControlNet condition names its cached ControlNet)."""
     if hasattr(value, "parameters"):
-        return size_in_bytes(value)
+        return 0 if components is not None and components.key_of(value) is not None else size_in_bytes(value)
     if hasattr(value, "element_size") and hasattr(value, "numel"):
         return value.element_size() * value.numel()
     fields = getattr(value, "__dataclass_fields__", None)
     if fields:
-        return sum(value_bytes(getattr(value, name)) for name in fields)
+        return sum(value_bytes(getattr(value, name), components) for name in fields)
     if isinstance(value, (list, tuple)):
-        return sum(value_bytes(v) for v in value)
+        return sum(value_bytes(v, components) for v in value)
     return 0
 
 
@@ -108,7 +109,7 @@ class OutputCache:
         held = [v is None or (components is not None and components.key_of(v) is not None) for v in run.outputs.values()]
         if all(held):
             return False
-        size = sum(value_bytes(v) for v, h in zip(run.outputs.values(), held) if not h)
+        size = sum(value_bytes(v, components) for v, h in zip(run.outputs.values(), held) if not h)
         if self.budget_bytes is not None and size > self.budget_bytes:
             return False
         if key in self._runs:
