@@ -34,8 +34,8 @@ def run_answering_ctrl_c(work: Callable[[], T]) -> T:
     worker = threading.Thread(target=target, name="sdflow-run", daemon=True)
     worker.start()
     try:
-        while not done.wait(0.1):  # (a wait that a signal interrupts)
-            pass
+        while not done.is_set():
+            done.wait(0.1)  # (a wait that a signal interrupts)
     except KeyboardInterrupt:
         _raise_in(worker, KeyboardInterrupt)
         if not done.wait(GRACE_S):
