@@ -11,12 +11,14 @@ with ``editable_copy`` and puts the copy back on the same ones with ``offloaded_
 from __future__ import annotations
 
 import copy
+import functools
 import weakref
 
 OFFLOAD_MODES = ("none", "model", "sequential")
 
 
-def _one_model_on_device_hook():
+@functools.cache  # (one class: the hooks share its record of the model on the device)
+def one_model_on_device_hook():
     """accelerate's CpuOffload hook, extended to the whole process: calling a model first sends the model that was
     on the GPU before back to CPU memory. (diffusers chains a pipeline's models in a fixed order; an sdflow
     workflow has no fixed order: a refiner, a second LoRA copy or a VAE may come next.)"""
@@ -35,16 +37,6 @@ def _one_model_on_device_hook():
             return super().pre_forward(module, *args, **kwargs)
 
     return OneModelOnDevice
-
-
-_hook_class = None
-
-
-def one_model_on_device_hook():
-    global _hook_class
-    if _hook_class is None:
-        _hook_class = _one_model_on_device_hook()
-    return _hook_class
 
 
 def execution_device(device: str):
